@@ -1,0 +1,140 @@
+"""Building SparseCut models from a LLaVA model or from separately pretrained parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlavaForConditionalGeneration,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+
+from .configuration import SparseCutConfig
+from .modeling import SparseCutForConditionalGeneration
+
+# full image-text checkpoints whose vision half we load as the tower
+_VISION_HALF = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel", "siglip2": "Siglip2VisionModel"}
+
+
+def llava_source_layer(vision_feature_layer: int, num_vit_layers: int) -> int:
+    """LLaVA's `vision_feature_layer` (an index into hidden_states, maybe negative) as a 1-based ViT layer."""
+    layer = vision_feature_layer if vision_feature_layer >= 0 else num_vit_layers + 1 + vision_feature_layer
+    if not 1 <= layer <= num_vit_layers:
+        raise ValueError(f"vision_feature_layer={vision_feature_layer} is not a ViT layer (1..{num_vit_layers})")
+    return layer
+
+
+def config_from_llava(llava_config: PretrainedConfig, **overrides: Any) -> SparseCutConfig:
+    """The SparseCut config of a LLaVA model; overrides change the shortcut design.
+
+    With no overrides it is LLaVA itself: the `llava` pattern (or the checkpoint's own
+    feature layer into LLM layer 1) and the `mlp` adapter. Overriding `pattern` or
+    `hi_res` switches the adapter to `xattn` unless `adapter` is given too.
+    """
+    if not isinstance(llava_config.vision_feature_layer, int):
+        raise ValueError("LLaVA models that concatenate several vision_feature_layer are not supported")
+    num_vit_layers = llava_config.vision_config.num_hidden_layers
+    source = llava_source_layer(llava_config.vision_feature_layer, num_vit_layers)
+    fields: dict[str, Any] = dict(
+        vision_config=llava_config.vision_config,
+        text_config=llava_config.text_config,
+        image_token_id=llava_config.image_token_id,
+        pattern="llava" if source == num_vit_layers - 1 else [[source, 1]],
+        adapter="mlp",
+        projector_hidden_act=llava_config.projector_hidden_act,
+        projector_bias=llava_config.multimodal_projector_bias,
+        vision_feature_select="patch" if llava_config.vision_feature_select_strategy == "default" else "full",
+        tie_word_embeddings=llava_config.tie_word_embeddings,
+    )
+    if ("pattern" in overrides or overrides.get("hi_res")) and "adapter" not in overrides:
+        fields["adapter"] = "xattn"
+    fields.update(overrides)
+    return SparseCutConfig(**fields)
+
+
+def causal_lm_from_parts(text_config: PretrainedConfig, decoder: PreTrainedModel, lm_head: torch.nn.Module):
+    """A causal LM around an existing decoder and head, without allocating new weights."""
+    with torch.device("meta"):
+        language_model = AutoModelForCausalLM.from_config(text_config)
+    language_model.model = decoder
+    language_model.lm_head = lm_head
+    meta = [name for name, t in language_model.state_dict().items() if t.is_meta]
+    if meta:
+        raise ValueError(f"{type(language_model).__name__} has parts beyond model and lm_head: {meta[:3]}")
+    return language_model
+
+
+def from_llava(
+    llava: LlavaForConditionalGeneration | str | Path, **overrides: Any
+) -> SparseCutForConditionalGeneration:
+    """A SparseCut model reusing a LLaVA model's vision tower, projector and LLM.
+
+    The modules are taken over, not copied: deep-copy the LLaVA model first if you
+    still need it unchanged. New adapter parts (fusion block, extra adapters) are
+    freshly initialised; every adapter starts from the LLaVA projector.
+    """
+    if not isinstance(llava, LlavaForConditionalGeneration):
+        llava = LlavaForConditionalGeneration.from_pretrained(llava)
+    config = config_from_llava(llava.config, **overrides)
+    config._attn_implementation = llava.config._attn_implementation
+    language_model = causal_lm_from_parts(config.text_config, llava.model.language_model, llava.lm_head)
+    model = SparseCutForConditionalGeneration(config, llava.model.vision_tower, language_model)
+    projector_state = llava.model.multi_modal_projector.state_dict()
+    for adapter in model.adapter.adapters:
+        adapter.projector.load_state_dict(projector_state)
+    return model.to(llava.dtype)
+
+
+def load_vision_tower(source: str | Path, **kwargs: Any) -> PreTrainedModel:
+    """A vision tower from a hub id or folder: a vision model, or the vision half of CLIP/SigLIP."""
+    config = AutoConfig.from_pretrained(source)
+    class_name = _VISION_HALF.get(config.model_type)
+    if class_name is not None:
+        import transformers
+
+        return getattr(transformers, class_name).from_pretrained(source, **kwargs)
+    return AutoModel.from_pretrained(source, **kwargs)
+
+
+def from_pretrained_parts(
+    vision: str | Path,
+    llm: str | Path,
+    *,
+    image_token_id: int | None = None,
+    dtype: torch.dtype | str | None = None,
+    attn_implementation: str | None = None,
+    **config: Any,
+) -> SparseCutForConditionalGeneration:
+    """A SparseCut model from a pretrained vision tower and a pretrained causal LM (how pretraining starts).
+
+    `image_token_id` defaults to the id `add_image_token` gives the LLM's tokenizer;
+    the LLM's embeddings grow to hold it. The adapter is freshly initialised.
+    """
+    load_kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        load_kwargs["dtype"] = dtype
+    if attn_implementation is not None:
+        load_kwargs["attn_implementation"] = attn_implementation
+    vision_tower = load_vision_tower(vision, **load_kwargs)
+    language_model = AutoModelForCausalLM.from_pretrained(llm, **load_kwargs)
+    if image_token_id is None:
+        from .processing import add_image_token
+
+        image_token_id = add_image_token(AutoTokenizer.from_pretrained(llm))
+    if image_token_id >= language_model.get_input_embeddings().num_embeddings:
+        language_model.resize_token_embeddings(image_token_id + 1)
+    sparsecut_config = SparseCutConfig(
+        vision_config=vision_tower.config,
+        text_config=language_model.config,
+        image_token_id=image_token_id,
+        **config,
+    )
+    model = SparseCutForConditionalGeneration(sparsecut_config, vision_tower, language_model)
+    return model.to(language_model.dtype)

@@ -1,0 +1,138 @@
+"""`SparseCutConfig`: a vision tower config, an LLM config and the shortcut design."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .patterns import Pair, resolve_pattern
+
+ADAPTER_KINDS = ("xattn", "mlp")
+ADAPTER_SHARING = ("shared", "per-shortcut")
+FEATURE_SELECT = ("patch", "full")
+
+
+def vision_num_layers(vision_config: PreTrainedConfig) -> int:
+    return int(vision_config.num_hidden_layers)
+
+
+def llm_num_layers(text_config: PreTrainedConfig) -> int:
+    return int(text_config.num_hidden_layers)
+
+
+def vision_has_cls_token(vision_config: PreTrainedConfig) -> bool:
+    # CLIP-style towers prepend a class token; SigLIP and most others do not
+    return vision_config.model_type in ("clip_vision_model", "clip")
+
+
+@strict
+class SparseCutConfig(PreTrainedConfig):
+    r"""
+    vision_config / text_config: the Hugging Face configs of the vision tower and of the causal LM.
+    image_token_id: the id of the image placeholder token; each image view fills M_v positions.
+    pattern: a name from `patterns.PATTERN_NAMES` or an explicit list of [vit_layer, llm_layer] pairs (1-based).
+    num_shortcuts: n for the sparse named patterns (default 8).
+    hi_res: fuse a high-resolution view (cut into `crop_grid` crops) by cross-attention.
+    crop_grid: [rows, cols] of the high-resolution view, each crop of base size.
+    adapter: `xattn` (SPEC's block + projector) or `mlp` (LLaVA's projector only).
+    adapter_sharing: `shared` (one adapter for all shortcuts) or `per-shortcut`.
+    adapter_ffn: add a ViT-width feed-forward inside the block (off in the paper).
+    adapter_num_heads: attention heads of the block (default: the ViT's).
+    vision_feature_select: `patch` drops the CLS token (LLaVA's default), `full` keeps it.
+    """
+
+    model_type = "sparsecut"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    image_token_id: int = 32000
+    pattern: str | list[list[int]] = "sparse-uniform"
+    num_shortcuts: int | None = None
+    hi_res: bool = False
+    crop_grid: list[int] | None = None
+    adapter: Literal["xattn", "mlp"] = "xattn"
+    adapter_sharing: Literal["shared", "per-shortcut"] = "shared"
+    adapter_ffn: bool = False
+    adapter_num_heads: int | None = None
+    projector_hidden_act: str = "gelu"
+    projector_bias: bool = True
+    vision_feature_select: Literal["patch", "full"] = "patch"
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        if self.crop_grid is None:
+            self.crop_grid = [2, 2]
+        if not isinstance(self.pattern, str):  # tuples from Python, lists from JSON
+            self.pattern = [[int(i), int(j)] for i, j in self.pattern]
+        super().__post_init__(**kwargs)
+        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
+
+    def validate_sparsecut(self) -> None:
+        """Runs once at construction (`@strict`): every message names the bad field."""
+        if self.adapter not in ADAPTER_KINDS:
+            raise ValueError(f"adapter must be one of {ADAPTER_KINDS}, got {self.adapter!r}")
+        if self.adapter_sharing not in ADAPTER_SHARING:
+            raise ValueError(f"adapter_sharing must be one of {ADAPTER_SHARING}, got {self.adapter_sharing!r}")
+        if self.vision_feature_select not in FEATURE_SELECT:
+            raise ValueError(f"vision_feature_select must be one of {FEATURE_SELECT}, got {self.vision_feature_select!r}")
+        if len(self.crop_grid) != 2 or min(self.crop_grid) < 1:
+            raise ValueError(f"crop_grid must be [rows, cols] of positive ints, got {self.crop_grid}")
+        if self.hi_res and self.adapter == "mlp":
+            raise ValueError("hi_res needs adapter='xattn': the mlp adapter cannot fuse the high-resolution view")
+        if self.adapter_num_heads is not None and self.vision_config.hidden_size % self.adapter_num_heads:
+            raise ValueError(
+                f"adapter_num_heads={self.adapter_num_heads} does not divide the ViT width {self.vision_config.hidden_size}"
+            )
+        self._check_crop_grid_divides()
+        resolve_pattern(self.pattern, self.num_vit_layers, self.num_llm_layers, self.num_shortcuts)
+
+    def _check_crop_grid_divides(self) -> None:
+        # each crop is a base-size image cut from the (rows*base, cols*base) view; the patch grid must tile it
+        image_size, patch_size = self.vision_config.image_size, self.vision_config.patch_size
+        if image_size % patch_size:
+            raise ValueError(f"vision_config.image_size={image_size} is not a multiple of patch_size={patch_size}")
+
+    @property
+    def num_vit_layers(self) -> int:
+        return vision_num_layers(self.vision_config)
+
+    @property
+    def num_llm_layers(self) -> int:
+        return llm_num_layers(self.text_config)
+
+    @property
+    def shortcuts(self) -> list[Pair]:
+        """The resolved (vit_layer, llm_layer) pairs, sorted by LLM layer."""
+        return resolve_pattern(self.pattern, self.num_vit_layers, self.num_llm_layers, self.num_shortcuts)
+
+    @property
+    def source_layers(self) -> list[int]:
+        """Distinct ViT layers that feed a shortcut, ascending."""
+        return sorted({i for i, _ in self.shortcuts})
+
+    @property
+    def num_views(self) -> int:
+        rows, cols = self.crop_grid
+        return 1 + rows * cols if self.hi_res else 1
+
+    @property
+    def patches_per_view(self) -> int:
+        side = self.vision_config.image_size // self.vision_config.patch_size
+        return side * side
+
+    @property
+    def num_image_tokens(self) -> int:
+        """M_v: LLM positions per image (one low-res view, whatever `hi_res` is)."""
+        extra = 1 if self.vision_feature_select == "full" and vision_has_cls_token(self.vision_config) else 0
+        return self.patches_per_view + extra
+
+
+__all__ = ["SparseCutConfig"]

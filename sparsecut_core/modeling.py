@@ -1,0 +1,171 @@
+"""`SparseCutForConditionalGeneration`: vision tower -> shortcut adapters -> causal LM.
+
+The forward reads like SPEC's equations: views -> ViT hidden states of the
+source layers -> one adapter application per source layer (or per shortcut) ->
+the LLM, whose decoder layers add Z_i at the visual positions (injection.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .adapter import CrossAttention, ShortcutAdapters
+from .configuration import SparseCutConfig, vision_has_cls_token
+from .injection import SHORTCUTS_KWARG, Shortcuts, wrap_decoder_layers
+
+
+class SparseCutPreTrainedModel(PreTrainedModel):
+    config_class = SparseCutConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # only the adapter's own modules reach here: the vision tower and the LLM init themselves
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        if isinstance(module, CrossAttention):
+            # zero output projection: the fusion block starts as the identity on the low-res stream
+            nn.init.zeros_(module.o_proj.weight)
+            nn.init.zeros_(module.o_proj.bias)
+
+
+class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixin):
+    """A LLaVA-style model whose vision features enter the LLM through sparse shortcuts.
+
+    Inputs follow transformers' LLaVA: `input_ids` hold `image_token_id` M_v times per
+    image; `pixel_values` is `[N_images, 3, H, W]`, or `[N_images, 1 + rows*cols, 3, H, W]`
+    with `hi_res` (view 0 low-res, then the crops row-major), one entry per image in
+    the order the images appear in the batch. Samples without an image need no entry.
+    """
+
+    def __init__(
+        self,
+        config: SparseCutConfig,
+        vision_tower: PreTrainedModel | None = None,
+        language_model: PreTrainedModel | None = None,
+    ):
+        super().__init__(config)
+        self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
+        self.adapter = ShortcutAdapters(config)
+        if language_model is None:
+            language_model = AutoModelForCausalLM.from_config(config.text_config)
+        wrap_decoder_layers(language_model)
+        self.language_model = language_model
+        self.post_init()
+
+    # --- embeddings plumbing expected by PreTrainedModel / GenerationMixin ---
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def get_decoder(self) -> nn.Module:
+        return self.language_model.get_decoder()
+
+    # --- the three stages of the forward ---
+    def vision_features(
+        self, pixel_values: torch.Tensor
+    ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor] | None]:
+        """ViT hidden states of every source layer: low-res [N, M_v, D_v] and crops [N, crops*M_v, D_v]."""
+        if pixel_values.dim() == 4:
+            pixel_values = pixel_values[:, None]  # [N, 1, 3, H, W]
+        n, views = pixel_values.shape[:2]
+        if views != self.config.num_views:
+            raise ValueError(
+                f"pixel_values has {views} views per image, the model expects {self.config.num_views} "
+                f"(hi_res={self.config.hi_res}, crop_grid={self.config.crop_grid})"
+            )
+        dtype = self.vision_tower.dtype
+        # the tower runs once over every view of every image: [N * views, 3, H, W]
+        trainable = any(p.requires_grad for p in self.vision_tower.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+            out = self.vision_tower(pixel_values.flatten(0, 1).to(dtype), output_hidden_states=True)
+        drop_cls = self.config.vision_feature_select == "patch" and vision_has_cls_token(self.config.vision_config)
+        low, high = {}, {}
+        for i in self.config.source_layers:
+            h = out.hidden_states[i][:, 1:] if drop_cls else out.hidden_states[i]
+            h = h.reshape(n, views, h.shape[1], h.shape[2])
+            low[i] = h[:, 0]
+            high[i] = h[:, 1:].flatten(1, 2)
+        return low, (high if views > 1 else None)
+
+    def image_shortcuts(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> Shortcuts:
+        """The visual positions of `input_ids` and the adapter outputs Z that go there."""
+        visual = input_ids == self.config.image_token_id
+        num_images = pixel_values.shape[0]
+        expected = num_images * self.config.num_image_tokens
+        if int(visual.sum()) != expected:
+            raise ValueError(
+                f"input_ids hold {int(visual.sum())} image tokens but pixel_values give {num_images} images "
+                f"x {self.config.num_image_tokens} tokens = {expected}"
+            )
+        low, high = self.vision_features(pixel_values)
+        batch_index, seq_index = visual.nonzero(as_tuple=True)
+        return Shortcuts(batch_index, seq_index, self.adapter(low, high))
+
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with zero at the visual positions (SPEC: the shortcuts supply them)."""
+        visual = input_ids == self.config.image_token_id
+        embeds = self.get_input_embeddings()(input_ids.masked_fill(visual, 0))
+        return embeds.masked_fill(visual[..., None], 0.0)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        if pixel_values is not None:
+            if input_ids is None:
+                raise ValueError("pixel_values need input_ids to locate the image tokens")
+            kwargs[SHORTCUTS_KWARG] = self.image_shortcuts(input_ids, pixel_values)
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("give input_ids or inputs_embeds")
+            if pixel_values is None and _is_prefill(past_key_values) and (input_ids == self.config.image_token_id).any():
+                raise ValueError("input_ids contain image tokens but no pixel_values were given")
+            inputs_embeds = self.embed_text(input_ids) if pixel_values is not None else None
+        return self.language_model(
+            input_ids=None if inputs_embeds is not None else input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+
+def _is_prefill(past_key_values) -> bool:
+    return past_key_values is None or past_key_values.get_seq_length() == 0
