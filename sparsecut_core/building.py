@@ -82,8 +82,8 @@ def from_llava(
     """
     if not isinstance(llava, LlavaForConditionalGeneration):
         llava = LlavaForConditionalGeneration.from_pretrained(llava)
+    overrides.setdefault("attn_implementation", llava.config._attn_implementation)
     config = config_from_llava(llava.config, **overrides)
-    config._attn_implementation = llava.config._attn_implementation
     language_model = causal_lm_from_parts(config.text_config, llava.model.language_model, llava.lm_head)
     model = SparseCutForConditionalGeneration(config, llava.model.vision_tower, language_model)
     projector_state = llava.model.multi_modal_projector.state_dict()
@@ -130,6 +130,8 @@ def from_pretrained_parts(
         image_token_id = add_image_token(AutoTokenizer.from_pretrained(llm))
     if image_token_id >= language_model.get_input_embeddings().num_embeddings:
         language_model.resize_token_embeddings(image_token_id + 1)
+    # the parts' configs are shared with the new config, which would reset their attention backend
+    config.setdefault("attn_implementation", language_model.config._attn_implementation)
     sparsecut_config = SparseCutConfig(
         vision_config=vision_tower.config,
         text_config=language_model.config,

@@ -14,6 +14,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .adapter import CrossAttention, ShortcutAdapters
 from .configuration import SparseCutConfig, vision_has_cls_token
+from .freezing import set_trainable
 from .injection import SHORTCUTS_KWARG, Shortcuts, wrap_decoder_layers
 
 
@@ -60,6 +61,8 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
         language_model: PreTrainedModel | None = None,
     ):
         super().__init__(config)
+        # PreTrainedModel resolves the attention backend on the top config only; the parts read their own
+        config._attn_implementation = config._attn_implementation
         self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
         self.adapter = ShortcutAdapters(config)
         if language_model is None:
@@ -67,6 +70,25 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
         wrap_decoder_layers(language_model)
         self.language_model = language_model
         self.post_init()
+
+    # --- builders and training stages (see building.py, freezing.py) ---
+    @classmethod
+    def from_llava(cls, llava, **overrides) -> "SparseCutForConditionalGeneration":
+        """From a transformers LlavaForConditionalGeneration (or its folder); no overrides = the same model."""
+        from .building import from_llava
+
+        return from_llava(llava, **overrides)
+
+    @classmethod
+    def from_pretrained_parts(cls, vision, llm, **config) -> "SparseCutForConditionalGeneration":
+        """From a pretrained vision tower and causal LM (hub ids or folders), adapter freshly initialised."""
+        from .building import from_pretrained_parts
+
+        return from_pretrained_parts(vision, llm, **config)
+
+    def set_trainable(self, stage: str, unfreeze_vision: bool = False) -> list[str]:
+        """Freezes all but the stage's parts (pretrain: adapter; finetune: + LLM); returns trainable names."""
+        return set_trainable(self, stage, unfreeze_vision)
 
     # --- embeddings plumbing expected by PreTrainedModel / GenerationMixin ---
     def get_input_embeddings(self) -> nn.Module:
