@@ -18,6 +18,9 @@ from transformers import (
 
 from .configuration import SparseCutConfig
 from .modeling import SparseCutForConditionalGeneration
+from .presets import Preset
+from .processing import SparseCutProcessor, add_image_token
+from .tokenizer import TINY_VOCAB, build_word_tokenizer
 
 # full image-text checkpoints whose vision half we load as the tower
 _VISION_HALF = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel", "siglip2": "Siglip2VisionModel"}
@@ -125,8 +128,6 @@ def from_pretrained_parts(
     vision_tower = load_vision_tower(vision, **load_kwargs)
     language_model = AutoModelForCausalLM.from_pretrained(llm, **load_kwargs)
     if image_token_id is None:
-        from .processing import add_image_token
-
         image_token_id = add_image_token(AutoTokenizer.from_pretrained(llm))
     if image_token_id >= language_model.get_input_embeddings().num_embeddings:
         language_model.resize_token_embeddings(image_token_id + 1)
@@ -140,3 +141,69 @@ def from_pretrained_parts(
     )
     model = SparseCutForConditionalGeneration(sparsecut_config, vision_tower, language_model)
     return model.to(language_model.dtype)
+
+
+def _tiny_image_processor(spec: dict[str, Any]):
+    from transformers import CLIPImageProcessorPil
+
+    size = int(spec.get("size", 224))
+    return CLIPImageProcessorPil(
+        size={"height": size, "width": size},
+        do_center_crop=False,
+        image_mean=spec.get("image_mean", [0.48145466, 0.4578275, 0.40821073]),
+        image_std=spec.get("image_std", [0.26862954, 0.26130258, 0.27577711]),
+    )
+
+
+def build_from_preset(
+    preset: Preset,
+    *,
+    vision: str | Path | None = None,
+    llm: str | Path | None = None,
+    dtype: torch.dtype | str | None = None,
+    seed: int = 0,
+    **overrides: Any,
+) -> tuple[SparseCutForConditionalGeneration, SparseCutProcessor]:
+    """The model and processor a preset describes, before any training.
+
+    Parts with a `source` (or given here as a hub id / folder) load pretrained weights;
+    parts without one are randomly initialised from the preset's config (seeded).
+    """
+    from transformers import AutoImageProcessor
+
+    vision_source = str(vision) if vision is not None else preset.vision.source
+    llm_source = str(llm) if llm is not None else preset.llm.source
+    design = {**preset.sparsecut, **overrides}
+    if preset.tokenizer == "word":
+        tokenizer = build_word_tokenizer(TINY_VOCAB)
+    else:
+        if llm_source is None:
+            raise ValueError(f"preset {preset.name}: the LLM tokenizer needs llm.source or --llm")
+        tokenizer = AutoTokenizer.from_pretrained(llm_source)
+    image_token_id = add_image_token(tokenizer)
+
+    torch.manual_seed(seed)
+    if vision_source is not None and llm_source is not None:
+        model = from_pretrained_parts(vision_source, llm_source, image_token_id=image_token_id, dtype=dtype, **design)
+        image_processor = AutoImageProcessor.from_pretrained(vision_source, backend="pil")
+    elif vision_source is None and llm_source is None:
+        special = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id)
+        config = preset.sparsecut_config(vocab_size=len(tokenizer), image_token_id=image_token_id,
+                                         text_overrides=special, **overrides)
+        model = SparseCutForConditionalGeneration(config)
+        if dtype is not None:
+            model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        image_processor = _tiny_image_processor(preset.image_processor)
+    else:
+        raise ValueError(f"preset {preset.name}: give both vision and llm sources, or neither (random init)")
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    processor = SparseCutProcessor.from_parts(
+        image_processor,
+        tokenizer,
+        num_image_tokens=model.config.num_image_tokens,
+        hi_res=model.config.hi_res,
+        crop_grid=tuple(model.config.crop_grid),
+        template=preset.template,
+    )
+    return model, processor

@@ -74,9 +74,10 @@ class SparseCutConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
+        self._validate()
 
-    def validate_sparsecut(self) -> None:
-        """Runs once at construction (`@strict`): every message names the bad field."""
+    def _validate(self) -> None:
+        """Runs once at construction; a plain ValueError whose message names the bad field."""
         if self.adapter not in ADAPTER_KINDS:
             raise ValueError(f"adapter must be one of {ADAPTER_KINDS}, got {self.adapter!r}")
         if self.adapter_sharing not in ADAPTER_SHARING:

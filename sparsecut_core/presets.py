@@ -51,9 +51,17 @@ class Preset:
     image_processor: dict[str, Any] = field(default_factory=dict)
     train: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def sparsecut_config(self, vocab_size: int | None = None, image_token_id: int | None = None, **overrides: Any):
+    def sparsecut_config(
+        self,
+        vocab_size: int | None = None,
+        image_token_id: int | None = None,
+        text_overrides: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> SparseCutConfig:
         """The model config from the preset's architectures alone (no weights, no downloads)."""
-        llm_overrides = {"vocab_size": vocab_size} if vocab_size is not None else {}
+        llm_overrides = dict(text_overrides or {})
+        if vocab_size is not None:
+            llm_overrides["vocab_size"] = vocab_size
         text_config = self.llm.hf_config(**llm_overrides)
         if image_token_id is None:
             image_token_id = text_config.vocab_size  # the placeholder is appended to the vocabulary
@@ -135,8 +143,9 @@ def parse_preset(raw: dict[str, Any], where: str) -> Preset:
         raise ValueError(f"{where}: tokenizer = 'llm' needs llm.source")
     try:
         preset.sparsecut_config(vocab_size=preset.llm.config.get("vocab_size", 32000))
-    except (ValueError, TypeError, KeyError) as err:
-        raise ValueError(f"{where}: {err}") from err
+    except Exception as err:  # transformers' strict configs raise their own error types
+        cause = err.__cause__ or err
+        raise ValueError(f"{where}: {cause}".splitlines()[0]) from err
     return preset
 
 

@@ -63,6 +63,7 @@ class SparseCutProcessor(ProcessorMixin):
         hi_res: bool = False,
         crop_grid: Sequence[int] = (2, 2),
         image_token: str = "<image>",
+        template: str = "vicuna_v1",
         chat_template: str | None = None,
     ):
         # Only the __init__ arguments are written to processor_config.json (ProcessorMixin.to_dict),
@@ -80,6 +81,7 @@ class SparseCutProcessor(ProcessorMixin):
         self.hi_res = hi_res
         self.crop_grid = grid
         self.image_token = image_token
+        self.template = template  # the conversation template the model was trained with (templates.py)
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
         self.base_size = _base_size(image_processor)  # not an __init__ argument: derived, not saved
         self._check_image_token()
@@ -94,6 +96,7 @@ class SparseCutProcessor(ProcessorMixin):
         hi_res: bool = False,
         crop_grid: Sequence[int] = (2, 2),
         image_token: str = "<image>",
+        template: str = "vicuna_v1",
     ) -> SparseCutProcessor:
         """Build a processor from an image processor and a tokenizer that already holds `image_token`."""
         return cls(
@@ -103,6 +106,7 @@ class SparseCutProcessor(ProcessorMixin):
             hi_res=hi_res,
             crop_grid=crop_grid,
             image_token=image_token,
+            template=template,
         )
 
     @classmethod

@@ -1,0 +1,167 @@
+"""The `sparsecut` command line: thin over sparsecut_core, owns all output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from huggingface_hub.errors import StrictDataclassError
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="SparseCut multimodal LLMs: build, chat, inspect.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _load(model: Optional[Path], preset: Optional[str], seed: int):
+    """A saved model folder, or a preset's model before training."""
+    if model is not None:
+        from sparsecut_core.inference import load_pretrained
+
+        return load_pretrained(model)
+    from sparsecut_core.building import build_from_preset
+    from sparsecut_core.presets import load_preset
+
+    built, processor = build_from_preset(load_preset(preset or "tiny"), seed=seed)
+    return built.eval(), processor
+
+
+@app.command("presets")
+def presets_command() -> None:
+    """List the presets shipped in presets/."""
+    from sparsecut_core.presets import available_presets, load_preset
+
+    table = Table("preset", "shortcuts", "hi-res", "description")
+    for name in available_presets():
+        preset = load_preset(name)
+        config = preset.sparsecut_config()
+        table.add_row(name, str(len(config.shortcuts)), str(config.hi_res), preset.description)
+    console.print(table)
+
+
+@app.command()
+def info(
+    preset: Optional[str] = typer.Option(None, help="preset name or .toml path"),
+    model: Optional[Path] = typer.Option(None, help="saved model folder"),
+) -> None:
+    """Show a model's shortcut pattern, views and sizes (no weights needed for a preset)."""
+    if model is not None:
+        from sparsecut_core.configuration import SparseCutConfig
+
+        config = SparseCutConfig.from_pretrained(model)
+        name = str(model)
+    else:
+        from sparsecut_core.presets import load_preset
+
+        config = load_preset(preset or "tiny").sparsecut_config()
+        name = preset or "tiny"
+    table = Table(title=f"SparseCut: {name}", show_header=False)
+    table.add_row("vision", f"{config.vision_config.model_type}, {config.num_vit_layers} layers, "
+                            f"width {config.vision_config.hidden_size}, {config.vision_config.image_size} px")
+    table.add_row("llm", f"{config.text_config.model_type}, {config.num_llm_layers} layers, "
+                         f"width {config.text_config.hidden_size}")
+    pattern = config.pattern if isinstance(config.pattern, str) else "explicit"
+    table.add_row("pattern", f"{pattern}: " + ", ".join(f"({i},{j})" for i, j in config.shortcuts))
+    table.add_row("adapter", f"{config.adapter} ({config.adapter_sharing})")
+    table.add_row("views per image", f"{config.num_views} (hi_res={config.hi_res}, crop grid {config.crop_grid})")
+    table.add_row("visual positions in the LLM", str(config.num_image_tokens))
+    console.print(table)
+
+
+@app.command()
+def build(
+    preset: str = typer.Option("tiny", help="preset name or .toml path"),
+    out: Path = typer.Option(..., help="folder to write the model and processor to"),
+    vision: Optional[str] = typer.Option(None, help="vision tower: hub id or folder (overrides the preset)"),
+    llm: Optional[str] = typer.Option(None, help="LLM: hub id or folder (overrides the preset)"),
+    seed: int = typer.Option(0, help="seed for randomly initialised parts"),
+) -> None:
+    """Build a preset's model before training (pretrained parts + fresh adapter) and save it."""
+    from sparsecut_core.building import build_from_preset
+    from sparsecut_core.presets import load_preset
+
+    loaded = load_preset(preset)
+    model, processor = build_from_preset(loaded, vision=vision, llm=llm, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    params = sum(p.numel() for p in model.parameters())
+    console.print(f"built [bold]{loaded.name}[/]: {params / 1e6:.2f}M parameters, "
+                  f"shortcuts {model.config.shortcuts}, saved to {out}")
+
+
+@app.command()
+def shapes(
+    out: Path = typer.Argument(..., help="PNG file to write"),
+    seed: int = typer.Option(0),
+    size: int = typer.Option(224),
+) -> None:
+    """Draw a synthetic image of a coloured shape (the demo's input)."""
+    from sparsecut_core.shapes import shapes_image
+
+    image, caption = shapes_image(seed, size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    console.print(f"wrote {out}: {caption}")
+
+
+@app.command()
+def chat(
+    image: Path = typer.Argument(..., help="image file"),
+    model: Optional[Path] = typer.Option(None, help="saved model folder"),
+    preset: Optional[str] = typer.Option(None, help="build this preset instead of loading a model"),
+    prompt: Optional[str] = typer.Option(None, help="answer once and exit (also read from piped stdin)"),
+    max_new_tokens: int = typer.Option(64),
+    temperature: float = typer.Option(0.0, help="0 = greedy"),
+    top_p: float = typer.Option(1.0),
+    seed: int = typer.Option(0),
+) -> None:
+    """Ask about an image: once with --prompt (or piped stdin), else turn by turn (/reset, /exit)."""
+    import torch
+
+    from sparsecut_core.images import load_image
+    from sparsecut_core.inference import Chat, Sampling
+
+    load_image(image)  # a missing or unreadable file fails here, before any model loads
+    torch.manual_seed(seed)
+    loaded, processor = _load(model, preset, seed)
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    session = Chat(loaded, processor, image)
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read().strip()
+    if prompt:
+        console.print(session.ask(prompt, sampling), markup=False)
+        return
+    while True:
+        try:
+            question = console.input("[bold]user>[/] ").strip()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if question in ("/exit", "/quit"):
+            break
+        if question == "/reset":
+            session.turns.clear()
+            continue
+        if question:
+            console.print(session.ask(question, sampling), markup=False)
+
+
+def main() -> None:
+    """Entry point: user errors become one red line, not a traceback."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the CLI owns progress output
+    try:
+        app()
+    except (ValueError, OSError, KeyError, StrictDataclassError) as err:
+        message = str(err.__cause__ or err).splitlines()[0] if isinstance(err, StrictDataclassError) else str(err)
+        err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
