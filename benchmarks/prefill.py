@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import sys
@@ -146,7 +147,7 @@ def time_rounds(cases: dict, warmup: int, rounds: int) -> dict[str, list[float]]
 def quartiles(values: list[float]) -> tuple[float, float]:
     if len(values) < 2:
         return values[0], values[0]
-    q = statistics.quantiles(values, n=4)
+    q = statistics.quantiles(values, n=4, method="inclusive")  # never outside the observed range
     return q[0], q[2]
 
 
@@ -171,12 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
+    # other busy processes make OpenMP threads wait on each other and inflate every timing several-fold
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     cases, _ = build_cases(args)
     diff = check_correctness(cases)
     times = time_rounds(cases, args.warmup, args.rounds)
 
     print(f"prefill, fp32 CPU, {torch.get_num_threads()} threads, batch {args.batch_size}, "
           f"{args.text_tokens} text tokens, {args.warmup} warm-up + {args.rounds} timed rounds")
+    if load_before is not None and load_before > 0.5:
+        print(f"warning: 1-min load average was {load_before:.2f} at start; other processes may skew the timings")
     print(f"check: sparsecut-llava vs llava last-position logits, max |diff| = {diff:.2e} (< {LOGIT_TOLERANCE:g})")
     print()
     header = f"{'':2} {'model':<18} {'visual pos':>10} {'context':>8} {'median ms':>10} {'q1-q3 ms':>16}"
@@ -215,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                           text_tokens=args.text_tokens, threads=torch.get_num_threads(), dtype="float32"),
             environment=dict(python=platform.python_version(), torch=torch.__version__,
                              transformers=transformers.__version__, machine=platform.machine(),
-                             processor=platform.processor()),
+                             processor=platform.processor(), load_average_at_start=load_before),
             logits_max_abs_diff_b_vs_a=diff,
             models=rows,
             ratios=ratios,

@@ -63,3 +63,25 @@ def test_explicit_adapter_override_is_kept():
     model = SparseCutForConditionalGeneration.from_llava(tiny_llava(), pattern="sparse-bottom", num_shortcuts=2,
                                                          adapter="mlp")
     assert model.config.adapter == "mlp"
+
+
+def test_full_feature_select_and_other_feature_layer_match_llava(pixels):
+    """LLaVA's `full` strategy (CLS kept) and a non-default feature layer map onto SparseCut's config."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    from conftest import IMAGE_TOKEN, tiny_text_config, tiny_vision_config
+
+    torch.manual_seed(0)
+    llava = LlavaForConditionalGeneration(LlavaConfig(
+        vision_config=tiny_vision_config(), text_config=tiny_text_config(), image_token_id=IMAGE_TOKEN,
+        vision_feature_select_strategy="full", vision_feature_layer=-3)).eval()
+    rows = [image_prompt(30, None, seed=1), image_prompt(30, None, seed=2)]
+    for row in rows:
+        row[4:4 + M_V + 1] = IMAGE_TOKEN  # 16 patches + CLS
+    input_ids, attention_mask = pad_batch(rows, "right")
+    with torch.no_grad():
+        expected = llava(input_ids=input_ids, pixel_values=pixels, attention_mask=attention_mask).logits
+        model = SparseCutForConditionalGeneration.from_llava(llava).eval()
+        got = model(input_ids=input_ids, pixel_values=pixels, attention_mask=attention_mask).logits
+    assert model.config.shortcuts == [(2, 1)] and model.config.num_image_tokens == M_V + 1
+    assert (got - expected).abs().max() < 1e-4
