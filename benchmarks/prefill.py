@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"prefill, fp32 CPU, {torch.get_num_threads()} threads, batch {args.batch_size}, "
           f"{args.text_tokens} text tokens, {args.warmup} warm-up + {args.rounds} timed rounds")
-    if load_before is not None and load_before > 0.5:
+    if load_before is not None and load_before > 0.5 * (os.cpu_count() or 1):
         print(f"warning: 1-min load average was {load_before:.2f} at start; other processes may skew the timings")
     print(f"check: sparsecut-llava vs llava last-position logits, max |diff| = {diff:.2e} (< {LOGIT_TOLERANCE:g})")
     print()

@@ -123,7 +123,8 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
         # the tower runs once over every view of every image: [N * views, 3, H, W]
         trainable = any(p.requires_grad for p in self.vision_tower.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
-            out = self.vision_tower(pixel_values.flatten(0, 1).to(dtype), output_hidden_states=True)
+            # only the source layers' hidden states are kept (the others come back as None)
+            out = self.vision_tower(pixel_values.flatten(0, 1).to(dtype), output_hidden_states=self.config.source_layers)
         drop_cls = self.config.vision_feature_select == "patch" and vision_has_cls_token(self.config.vision_config)
         low, high = {}, {}
         for i in self.config.source_layers:
