@@ -15,14 +15,6 @@ ADAPTER_SHARING = ("shared", "per-shortcut")
 FEATURE_SELECT = ("patch", "full")
 
 
-def vision_num_layers(vision_config: PreTrainedConfig) -> int:
-    return int(vision_config.num_hidden_layers)
-
-
-def llm_num_layers(text_config: PreTrainedConfig) -> int:
-    return int(text_config.num_hidden_layers)
-
-
 def vision_has_cls_token(vision_config: PreTrainedConfig) -> bool:
     # CLIP-style towers prepend a class token; SigLIP and most others do not
     return vision_config.model_type in ("clip_vision_model", "clip")
@@ -92,22 +84,22 @@ class SparseCutConfig(PreTrainedConfig):
             raise ValueError(
                 f"adapter_num_heads={self.adapter_num_heads} does not divide the ViT width {self.vision_config.hidden_size}"
             )
-        self._check_crop_grid_divides()
+        self._check_patch_grid()
         resolve_pattern(self.pattern, self.num_vit_layers, self.num_llm_layers, self.num_shortcuts)
 
-    def _check_crop_grid_divides(self) -> None:
-        # each crop is a base-size image cut from the (rows*base, cols*base) view; the patch grid must tile it
+    def _check_patch_grid(self) -> None:
+        # every view (low-res and each crop) is a base-size image that the patch grid must tile exactly
         image_size, patch_size = self.vision_config.image_size, self.vision_config.patch_size
         if image_size % patch_size:
             raise ValueError(f"vision_config.image_size={image_size} is not a multiple of patch_size={patch_size}")
 
     @property
     def num_vit_layers(self) -> int:
-        return vision_num_layers(self.vision_config)
+        return int(self.vision_config.num_hidden_layers)
 
     @property
     def num_llm_layers(self) -> int:
-        return llm_num_layers(self.text_config)
+        return int(self.text_config.num_hidden_layers)
 
     @property
     def shortcuts(self) -> list[Pair]:

@@ -46,9 +46,11 @@ class Chat:
     image: object
     turns: list[Turn] = field(default_factory=list)
 
+    def _human_turn(self, question: str) -> Turn:
+        return Turn("human", question if self.turns else f"{IMAGE_PLACEHOLDER}\n{question}")
+
     def prompt(self, question: str) -> str:
-        text = f"{IMAGE_PLACEHOLDER}\n{question}" if not self.turns else question
-        turns = [*self.turns, Turn("human", text)]
+        turns = [*self.turns, self._human_turn(question)]
         return render_prompt(self.processor.template, turns, tokenizer=self.processor.tokenizer,
                              eos=self.processor.tokenizer.eos_token or "</s>")
 
@@ -59,6 +61,5 @@ class Chat:
         batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
         output = self.model.generate(**batch, **sampling.generate_kwargs(), streamer=streamer)
         answer = self.processor.decode(output[0, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-        text = f"{IMAGE_PLACEHOLDER}\n{question}" if not self.turns else question
-        self.turns += [Turn("human", text), Turn("gpt", answer)]
+        self.turns += [self._human_turn(question), Turn("gpt", answer)]
         return answer
