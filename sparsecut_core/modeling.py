@@ -134,23 +134,21 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
             high[i] = h[:, 1:].flatten(1, 2)
         return low, (high if views > 1 else None)
 
-    def image_shortcuts(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> Shortcuts:
-        """The visual positions of `input_ids` and the adapter outputs Z that go there."""
-        visual = input_ids == self.config.image_token_id
-        num_images = pixel_values.shape[0]
+    def image_shortcuts(self, visual: torch.Tensor, pixel_values: torch.Tensor) -> Shortcuts:
+        """The adapter outputs Z and the visual positions (`visual`: [B, T] image-token mask) they go to."""
+        num_images, found = pixel_values.shape[0], int(visual.sum())
         expected = num_images * self.config.num_image_tokens
-        if int(visual.sum()) != expected:
+        if found != expected:
             raise ValueError(
-                f"input_ids hold {int(visual.sum())} image tokens but pixel_values give {num_images} images "
+                f"input_ids hold {found} image tokens but pixel_values give {num_images} images "
                 f"x {self.config.num_image_tokens} tokens = {expected}"
             )
         low, high = self.vision_features(pixel_values)
         batch_index, seq_index = visual.nonzero(as_tuple=True)
         return Shortcuts(batch_index, seq_index, self.adapter(low, high))
 
-    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def embed_text(self, input_ids: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
         """Token embeddings with zero at the visual positions (SPEC: the shortcuts supply them)."""
-        visual = input_ids == self.config.image_token_id
         embeds = self.get_input_embeddings()(input_ids.masked_fill(visual, 0))
         return embeds.masked_fill(visual[..., None], 0.0)
 
@@ -167,16 +165,15 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        if input_ids is None and (pixel_values is not None or inputs_embeds is None):
+            raise ValueError("give input_ids (needed to locate image tokens) or inputs_embeds")
+        visual = None if input_ids is None else input_ids == self.config.image_token_id
         if pixel_values is not None:
-            if input_ids is None:
-                raise ValueError("pixel_values need input_ids to locate the image tokens")
-            kwargs[SHORTCUTS_KWARG] = self.image_shortcuts(input_ids, pixel_values)
-        if inputs_embeds is None:
-            if input_ids is None:
-                raise ValueError("give input_ids or inputs_embeds")
-            if pixel_values is None and _is_prefill(past_key_values) and (input_ids == self.config.image_token_id).any():
-                raise ValueError("input_ids contain image tokens but no pixel_values were given")
-            inputs_embeds = self.embed_text(input_ids) if pixel_values is not None else None
+            kwargs[SHORTCUTS_KWARG] = self.image_shortcuts(visual, pixel_values)
+            if inputs_embeds is None:
+                inputs_embeds = self.embed_text(input_ids, visual)
+        elif inputs_embeds is None and _is_prefill(past_key_values) and visual.any():
+            raise ValueError("input_ids contain image tokens but no pixel_values were given")
         return self.language_model(
             input_ids=None if inputs_embeds is not None else input_ids,
             inputs_embeds=inputs_embeds,
