@@ -12,10 +12,13 @@ from rich.table import Table
 
 from sparsecut_cli.chat import chat
 from sparsecut_cli.output import console, err_console
+from sparsecut_cli.train import finetune, pretrain
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="SparseCut multimodal LLMs: build, train, evaluate, chat, cost.")
 app.command()(chat)
+app.command()(pretrain)
+app.command()(finetune)
 
 
 @app.command("presets")
@@ -99,9 +102,11 @@ def shapes(
 
 def main() -> None:
     """Entry point: user errors become one red line, not a traceback."""
+    import datasets
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the CLI owns progress output
+    datasets.disable_progress_bars()
     try:
         app()
     except (ValueError, OSError, KeyError, StrictDataclassError) as err:

@@ -7,8 +7,8 @@ from typing import Optional
 
 from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)  # ":train:" in "shapes:train:256" is not an emoji
+err_console = Console(stderr=True, emoji=False)
 
 
 def load_model(model: Optional[Path], preset: Optional[str], seed: int):

@@ -21,8 +21,12 @@ PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
 
 _TOP_KEYS = {"name", "description", "template", "tokenizer", "vision", "llm", "image_processor", "sparsecut", "train"}
 _PART_KEYS = {"source", "config"}
+# TrainConfig's fields (training.py) a preset may set per stage, plus the stage's default data.
 _TRAIN_KEYS = {
-    "learning_rate", "global_batch_size", "epochs", "warmup_ratio", "weight_decay", "max_length", "template",
+    "learning_rate", "global_batch_size", "per_device_batch_size", "epochs", "max_steps", "warmup_ratio",
+    "weight_decay", "max_grad_norm", "max_length", "template", "seed", "save_every", "keep_last", "mixed_precision",
+    "gradient_checkpointing", "unfreeze_vision", "lora_r", "lora_alpha", "lora_dropout", "on_bad_sample",
+    "num_workers", "data", "images",
 }
 _TOKENIZERS = ("word", "llm")
 

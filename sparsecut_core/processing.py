@@ -184,7 +184,7 @@ class SparseCutProcessor(ProcessorMixin):
         )
         self._check_visual_positions(data["input_ids"], counts)
         if image_list:
-            data["pixel_values"] = self._pixel_values(image_list)
+            data["pixel_values"] = self.pixel_values(image_list)
         return BatchFeature(data, tensor_type=return_tensors)
 
     @staticmethod
@@ -206,7 +206,7 @@ class SparseCutProcessor(ProcessorMixin):
                     f"image tokens but {found} remain after tokenization (truncated? raise max_length)"
                 )
 
-    def _pixel_values(self, images: list) -> np.ndarray:
+    def pixel_values(self, images: list) -> np.ndarray:
         """Views of every image, normalised: [N, 3, H, W], or [N, V, 3, H, W] with V = 1 + rows*cols."""
         grid = self.crop_grid if self.hi_res else None
         views = [v for image in images for v in make_views(load_image(image), self.base_size, grid, self.pad_fill)]

@@ -1,0 +1,147 @@
+"""`sparsecut pretrain` and `sparsecut finetune`: SPEC's two training stages."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from sparsecut_cli.output import console, err_console
+
+_STAGE_HELP = {
+    "pretrain": "Stage 1: train the adapter on image-caption pairs (`plain` template; ViT and LLM frozen).",
+    "finetune": "Stage 2: train adapter + LLM on dialogues (loss on assistant turns only; ViT frozen unless asked).",
+}
+
+
+def _settings(stage: str, preset, given: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig fields: its defaults <- the preset's [train.STAGE] <- the options given on the command line."""
+    from sparsecut_core.training import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    stage_defaults = {k: v for k, v in preset.train.get(stage, {}).items() if k in names}
+    chosen = {k: v for k, v in given.items() if v is not None and k in names}
+    settings = {**stage_defaults, **chosen, "stage": stage}
+    settings.setdefault("template", "plain" if stage == "pretrain" else preset.template)
+    return settings
+
+
+def run_stage(stage: str, options: dict[str, Any]) -> None:
+    from sparsecut_core.batching import encode_records
+    from sparsecut_core.presets import load_preset
+    from sparsecut_core.records import SkipCounter, load_records
+    from sparsecut_core.runs import starting_model
+    from sparsecut_core.training import NonFiniteLoss, TrainConfig, TrainingInterrupted, make_accelerator, train
+
+    preset = load_preset(options["preset"])
+    output = options["output"] or Path("runs") / f"{preset.name}-{stage}"
+    stage_defaults = preset.train.get(stage, {})
+    data = options["data"] or stage_defaults.get("data")
+    if data is None:
+        raise ValueError(f"--data is required (preset {preset.name} names no {stage} data)")
+    images = options["images"] or stage_defaults.get("images")
+    config = TrainConfig.from_dict({**_settings(stage, preset, options), "output_dir": str(output)})
+    if output.exists() and any(output.iterdir()) and not options["resume"]:
+        raise ValueError(f"{output} is not empty: pass --resume to continue that run, or choose another --output")
+
+    accelerator = make_accelerator(config, cpu=options["cpu"], log_dir=str(output))
+    main = accelerator.is_main_process
+    say = console.print if main else (lambda *a, **k: None)
+    model, processor = starting_model(
+        preset, init_from=options.get("init_from"), from_llava=options.get("from_llava"), vision=options["vision"],
+        llm=options["llm"], seed=config.seed, template=config.template,
+    )
+    skips = SkipCounter(config.on_bad_sample)
+    records, source = load_records(data, images=images, stage=stage, image_size=_image_size(processor), skips=skips)
+    with accelerator.main_process_first():  # one process tokenizes, the others read its cache
+        dataset = encode_records(records, processor, template=config.template, max_length=config.max_length,
+                                 skips=skips, cache_dir=output / "cache")
+    accumulation = config.accumulation_steps(accelerator.num_processes)
+    say(f"[bold]{stage}[/] {preset.name}: {len(dataset)} samples from {data}, global batch "
+        f"{config.global_batch_size} = {config.per_device_batch_size} x {accelerator.num_processes} processes x "
+        f"{accumulation} accumulation, lr {config.learning_rate}, template {config.template}, "
+        f"precision {accelerator.mixed_precision}")
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, disable=not main,
+    )
+    task = progress.add_task(stage, total=None, stats="")
+
+    def on_step(log) -> None:
+        progress.update(task, completed=log.step, total=log.total_steps,
+                        stats=f"loss {log.loss:.4f}  lr {log.lr:.2e}  {log.samples_per_s:.1f} samples/s  "
+                              f"{log.tokens_per_s:.0f} tok/s")
+
+    run_info = {"preset": preset.name, "data_source": str(data), "images": str(images) if images else None,
+                "init_from": str(options.get("init_from") or options.get("from_llava") or "")}
+    try:
+        with progress:
+            final = train(model, processor, dataset, records, source, config, accelerator=accelerator,
+                          resume=options["resume"], run_info=run_info, on_step=on_step, skips=skips)
+    except TrainingInterrupted as stop:
+        err_console.print(f"[yellow]{stop}[/]")
+        raise typer.Exit(130)
+    except NonFiniteLoss as stop:
+        err_console.print(f"[red]error:[/] {stop}")
+        raise typer.Exit(1)
+    if skips.total:
+        say(f"[yellow]skipped {skips.total} bad samples:[/] " +
+            "; ".join(f"{n} x {reason}" for reason, n in sorted(skips.skipped.items())))
+    say(f"saved the trained model to {final} (log: {output / 'metrics.jsonl'})")
+
+
+def _image_size(processor) -> int:
+    """Shapes images are drawn at the hi-res size, so the crops carry real detail."""
+    rows, cols = processor.crop_grid
+    return processor.base_size * max(rows, cols) if processor.hi_res else processor.base_size
+
+
+def _command(stage: str):
+    def command(
+        preset: str = typer.Option("tiny", help="preset name or .toml path"),
+        data: Optional[str] = typer.Option(None, help="LLaVA .json/.jsonl, a `datasets` folder or parquet, or "
+                                                      "shapes[:SPLIT[:N]] (built-in synthetic data)"),
+        images: Optional[Path] = typer.Option(None, help="folder the records' image paths are relative to"),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help="run folder (default runs/PRESET-STAGE)"),
+        init_from: Optional[Path] = typer.Option(None, "--from", help="start from a saved model or an earlier run"),
+        from_llava: Optional[Path] = typer.Option(None, help="start from a transformers LLaVA checkpoint"),
+        vision: Optional[str] = typer.Option(None, help="vision tower hub id or folder (overrides the preset)"),
+        llm: Optional[str] = typer.Option(None, help="LLM hub id or folder (overrides the preset)"),
+        resume: bool = typer.Option(False, help="continue from the newest complete checkpoint in --output"),
+        learning_rate: Optional[float] = typer.Option(None, "--lr", help="peak learning rate"),
+        global_batch_size: Optional[int] = typer.Option(None, "--global-batch", help="samples per optimizer step"),
+        per_device_batch_size: Optional[int] = typer.Option(None, "--batch-size", help="samples per device per pass"),
+        epochs: Optional[float] = typer.Option(None),
+        max_steps: Optional[int] = typer.Option(None, help="stop after this many optimizer steps"),
+        warmup_ratio: Optional[float] = typer.Option(None),
+        weight_decay: Optional[float] = typer.Option(None),
+        max_grad_norm: Optional[float] = typer.Option(None),
+        max_length: Optional[int] = typer.Option(None, help="truncate samples to this many tokens"),
+        template: Optional[str] = typer.Option(None, help="vicuna_v1 | plain | chat_template"),
+        seed: Optional[int] = typer.Option(None),
+        save_every: Optional[int] = typer.Option(None, help="optimizer steps between checkpoints"),
+        keep_last: Optional[int] = typer.Option(None, help="checkpoints to keep"),
+        mixed_precision: Optional[str] = typer.Option(None, "--precision", help="auto | no | bf16 | fp16"),
+        gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+        unfreeze_vision: Optional[bool] = typer.Option(None, "--unfreeze-vision/--freeze-vision"),
+        lora_r: Optional[int] = typer.Option(None, "--lora", help="finetune the LLM with LoRA of this rank"),
+        on_bad_sample: Optional[str] = typer.Option(None, help="error | skip"),
+        num_workers: Optional[int] = typer.Option(None, help="DataLoader worker processes"),
+        cpu: bool = typer.Option(False, help="train on CPU even if a GPU is present"),
+    ) -> None:
+        run_stage(stage, dict(locals()))
+
+    command.__doc__ = _STAGE_HELP[stage]
+    command.__name__ = stage
+    return command
+
+
+pretrain = _command("pretrain")
+finetune = _command("finetune")
+
+__all__ = ["finetune", "pretrain", "run_stage"]

@@ -1,0 +1,162 @@
+"""Training: stage freezing, exact resume after SIGKILL, Ctrl-C and NaN stops, accumulation, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from sparsecut_core.batching import encode_records
+from sparsecut_core.presets import load_preset
+from sparsecut_core.records import SkipCounter, load_records
+from sparsecut_core.runs import starting_model
+from sparsecut_core.training import NonFiniteLoss, TrainConfig, TrainingInterrupted, train
+
+STEPS = dict(per_device_batch_size=4, global_batch_size=8, learning_rate=1e-3, max_length=256)
+
+
+def _run(out, stage="pretrain", data="shapes:train:48", resume=False, init_from=None, on_step=None, **overrides):
+    model, processor = starting_model(load_preset("tiny"), init_from=init_from,
+                                      template="plain" if stage == "pretrain" else "vicuna_v1")
+    config = TrainConfig(stage=stage, output_dir=str(out), template=processor.template,
+                         **{**STEPS, "max_steps": 4, "save_every": 2, **overrides})
+    records, images = load_records(data, stage=stage, image_size=112)
+    dataset = encode_records(records, processor, template=config.template, max_length=config.max_length,
+                             skips=SkipCounter(), cache_dir=out / "cache")
+    return model, train(model, processor, dataset, records, images, config, resume=resume, on_step=on_step)
+
+
+def _losses(out) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_pretrain_trains_only_the_adapter_and_checkpoints_hold_only_it(tmp_path):
+    before = {k: v.clone() for k, v in starting_model(load_preset("tiny"))[0].state_dict().items()}
+    model, final = _run(tmp_path)
+    after = model.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"adapter"}
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "checkpoints" / "checkpoint-4" / "model.safetensors")
+    assert saved and all(k.startswith("adapter.") for k in saved)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    written = json.loads((tmp_path / "train_config.json").read_text())
+    assert written["accumulation_steps"] == 2 and written["total_steps"] == 4 and written["stage"] == "pretrain"
+    assert (final / "config.json").is_file() and (final / "processor_config.json").is_file()
+
+
+_KILLED_RUN = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    from test_training import _run
+    def kill(log):
+        if log.step == 5:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final checkpoint
+    _run(Path({out!r}), max_steps=8, save_every=2, on_step=kill)
+""")
+
+
+def test_run_killed_with_sigkill_resumes_to_the_same_loss_curve(tmp_path):
+    _run(tmp_path / "whole", max_steps=8, save_every=2)
+    killed = tmp_path / "killed"
+    script = _KILLED_RUN.format(tests=os.path.dirname(__file__), out=str(killed))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert len(_losses(killed)) == 5 and not (killed / "model").exists()
+    _run(killed, max_steps=8, save_every=2, resume=True)  # continues from checkpoint-4
+    assert _losses(killed) == _losses(tmp_path / "whole")  # identical, step for step
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
+    def interrupt(log):
+        if log.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted, match="step 3"):
+        _run(tmp_path, on_step=interrupt)
+    assert (tmp_path / "checkpoints" / "checkpoint-3").is_dir()
+    _run(tmp_path, resume=True)
+    assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from sparsecut_core.modeling import SparseCutForConditionalGeneration
+
+    forward = SparseCutForConditionalGeneration.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third optimizer step (one micro-batch per step)
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(SparseCutForConditionalGeneration, "forward", poisoned)
+    with pytest.raises(NonFiniteLoss, match="at step 3"):
+        _run(tmp_path, per_device_batch_size=8, save_every=1)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+
+
+def _cli_pretrain(out, launcher):
+    args = ["pretrain", "--preset", "tiny", "--data", "shapes:train:32", "--output", str(out), "--cpu",
+            "--batch-size", "4", "--global-batch", "8", "--max-steps", "3", "--save-every", "10"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*launcher, "-m", "sparsecut_cli.app", *args], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return json.loads((out / "train_config.json").read_text())
+
+
+def test_two_gloo_processes_reach_the_parameters_of_one(tmp_path):
+    """2 processes x 1 accumulation step = 1 process x 2 accumulation steps, same global batch of 8."""
+    from safetensors.torch import load_file
+
+    one = _cli_pretrain(tmp_path / "one", [sys.executable])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    two = _cli_pretrain(tmp_path / "two", torchrun)
+    assert (one["world_size"], one["accumulation_steps"]) == (1, 2)
+    assert (two["world_size"], two["accumulation_steps"]) == (2, 1)
+    a = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert _losses(tmp_path / "one") == pytest.approx(_losses(tmp_path / "two"), rel=1e-4)
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    _run(tmp_path, max_steps=2)
+    with pytest.raises(ValueError, match="learning_rate was 0.001"):
+        _run(tmp_path, max_steps=4, resume=True, learning_rate=2e-3)
+
+
+def test_finetune_from_pretrain_lowers_the_loss_and_trains_the_llm(tmp_path):
+    _run(tmp_path / "pre", max_steps=2)
+    before = starting_model(load_preset("tiny"), init_from=tmp_path / "pre")[0].state_dict()
+    model, _ = _run(tmp_path / "ft", stage="finetune", init_from=tmp_path / "pre", max_steps=12,
+                    learning_rate=2e-3, data="shapes:train:96")
+    after = model.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"adapter", "language_model"}
+    losses = _losses(tmp_path / "ft")
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+
+
+def test_lora_finetune_saves_a_merged_model(tmp_path):
+    from sparsecut_core.inference import load_pretrained
+
+    model, final = _run(tmp_path, stage="finetune", lora_r=4, max_steps=2, learning_rate=1e-2)
+    loaded, _ = load_pretrained(final)
+    assert not any("lora" in k for k in loaded.state_dict())
+    base = starting_model(load_preset("tiny"))[0].state_dict()
+    name = "language_model.model.layers.0.layer.self_attn.q_proj.weight"
+    assert not torch.equal(loaded.state_dict()[name], base[name])
