@@ -11,14 +11,24 @@ console = Console(emoji=False)  # ":train:" in "shapes:train:256" is not an emoj
 err_console = Console(stderr=True, emoji=False)
 
 
-def load_model(model: Optional[Path], preset: Optional[str], seed: int):
-    """A saved model folder, or a preset's model before training."""
+def load_model(model: Optional[Path], preset: Optional[str], seed: int, *, device: Optional[str] = None,
+               quantize: Optional[str] = None):
+    """A saved model folder, or a preset's model before training.
+
+    With `device` (auto/cpu/cuda) the model is placed there in its inference dtype; with
+    `quantize` ("4bit"/"8bit") its LLM is quantized by bitsandbytes (sparsecut_core.quantization).
+    """
     if model is not None:
         from sparsecut_core.inference import load_pretrained
 
-        return load_pretrained(model)
+        return load_pretrained(model, device=device, quantize=quantize)
     from sparsecut_core.building import build_from_preset
     from sparsecut_core.presets import load_preset
+    from sparsecut_core.quantization import load_quantized, place, resolve_device
 
     built, processor = build_from_preset(load_preset(preset or "tiny"), seed=seed)
+    if quantize is not None:
+        return load_quantized(built, quantize, resolve_device(device or "auto")), processor
+    if device is not None:
+        return place(built, resolve_device(device)), processor
     return built.eval(), processor

@@ -4,12 +4,14 @@ For one image: view 0 is the image padded to a square with the mean colour and
 resized to the base size (LLaVA-1.5's `pad` aspect ratio); with a crop grid, the
 same square is resized to (cols x base, rows x base) and cut into rows*cols
 base-size crops, row-major. Pure functions on PIL images; normalisation is the
-image processor's job.
+image processor's job. `load_image` takes a file, an http(s) URL or a PIL image.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,9 @@ from PIL import Image, ImageOps
 
 # Pillow's 16- and 32-bit integer greyscale modes (16-bit PNGs open as one of these).
 _WIDE_INT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
+
+URL_TIMEOUT_S = 20.0
+MAX_URL_BYTES = 64 * 2**20  # an image larger than this is not a photo to chat about
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -35,18 +40,38 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def is_url(source: object) -> bool:
+    """Whether `source` names an image on the web rather than a file."""
+    return isinstance(source, str) and source.lower().startswith(("http://", "https://"))
+
+
+def _open(source: str | os.PathLike) -> Image.Image:
+    """Pillow's lazy image for a file path or an http(s) URL (read whole, then decoded from memory)."""
+    if not is_url(source):
+        return Image.open(Path(source))
+    with urllib.request.urlopen(source, timeout=URL_TIMEOUT_S) as response:
+        data = response.read(MAX_URL_BYTES + 1)
+    if len(data) > MAX_URL_BYTES:
+        raise ValueError(f"larger than {MAX_URL_BYTES // 2**20} MiB")
+    return Image.open(io.BytesIO(data))
+
+
 def load_image(path_or_image: str | os.PathLike | Image.Image) -> Image.Image:
-    """Open an image file (or take a PIL image), apply its EXIF orientation and return RGB."""
+    """Open an image file or http(s) URL (or take a PIL image), apply its EXIF orientation and return RGB.
+
+    Any failure (missing file, unreachable URL, not an image, truncated) is one ValueError line
+    naming the source.
+    """
     if isinstance(path_or_image, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(path_or_image))
-    path = Path(path_or_image)
+    source = path_or_image if is_url(path_or_image) else Path(path_or_image)
     try:
-        with Image.open(path) as opened:
+        with _open(source) as opened:
             opened.load()  # decode now, so a truncated file fails here, not later
             image = ImageOps.exif_transpose(opened)  # a transposed copy, or a plain copy
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         reason = (str(err).splitlines() or [""])[0] or type(err).__name__
-        raise ValueError(f"cannot read image {path}: {reason}") from err
+        raise ValueError(f"cannot read image {source}: {reason}") from err
     return _to_rgb(image)
 
 

@@ -145,3 +145,45 @@ def test_corrupt_file_error_is_one_line(tmp_path):
     with pytest.raises(ValueError, match="cannot read image") as info:
         load_image(str(path))
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_webp_loads_as_rgb(tmp_path):
+    path = tmp_path / "picture.webp"
+    Image.new("RGB", (8, 6), (0, 200, 0)).save(path, lossless=True)
+    loaded = load_image(path)
+    assert loaded.mode == "RGB" and loaded.size == (8, 6)
+    assert tuple(np.asarray(loaded)[3, 4]) == (0, 200, 0)
+
+
+@pytest.fixture
+def local_server(tmp_path):
+    """An HTTP server on 127.0.0.1 serving tmp_path (loopback only: no network needed)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_url_image_loads_with_exif_rotation(tmp_path, local_server):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise: 40 x 20 stored -> 20 x 40 upright
+    Image.new("RGB", (40, 20), (250, 250, 0)).save(tmp_path / "remote.jpg", exif=exif.tobytes())
+    loaded = load_image(f"{local_server}/remote.jpg")
+    assert loaded.mode == "RGB" and loaded.size == (20, 40)
+
+
+def test_url_that_fails_is_a_one_line_error_naming_it(local_server):
+    url = f"{local_server}/missing.png"
+    with pytest.raises(ValueError, match="cannot read image") as info:
+        load_image(url)
+    assert url in str(info.value) and "404" in str(info.value) and "\n" not in str(info.value)
