@@ -11,6 +11,7 @@ from huggingface_hub.errors import StrictDataclassError
 from rich.table import Table
 
 from sparsecut_cli.chat import chat
+from sparsecut_cli.flops import flops
 from sparsecut_cli.output import console, err_console
 from sparsecut_cli.train import finetune, pretrain
 
@@ -19,6 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 app.command()(chat)
 app.command()(pretrain)
 app.command()(finetune)
+app.command()(flops)
 
 
 @app.command("presets")
