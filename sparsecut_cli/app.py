@@ -11,15 +11,15 @@ from huggingface_hub.errors import StrictDataclassError
 from rich.table import Table
 
 from sparsecut_cli.chat import chat
-from sparsecut_cli.flops import flops
-from sparsecut_cli.output import console, err_console
 from sparsecut_cli.train import finetune, pretrain
+from sparsecut_cli.output import console, err_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="SparseCut multimodal LLMs: build, train, evaluate, chat, cost.")
 app.command()(chat)
 app.command()(pretrain)
 app.command()(finetune)
+from sparsecut_cli.flops import flops  # noqa: E402
 app.command()(flops)
 
 
@@ -90,16 +90,19 @@ def build(
 @app.command()
 def shapes(
     out: Path = typer.Argument(..., help="PNG file to write"),
-    seed: int = typer.Option(0),
-    size: int = typer.Option(224),
+    index: int = typer.Option(0, "--index", "--seed", help="sample number within the split"),
+    split: str = typer.Option("test", help="train, validation or test"),
+    size: int = typer.Option(224, help="image side in pixels"),
 ) -> None:
-    """Draw a synthetic image of a coloured shape (the demo's input)."""
-    from sparsecut_core.shapes import shapes_image
+    """Draw one sample of the built-in `shapes` data: write its image, print its caption and test question."""
+    from sparsecut_core.shapes import shapes_sample
 
-    image, caption = shapes_image(seed, size)
+    sample = shapes_sample(split, index, size)
     out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out)
-    console.print(f"wrote {out}: {caption}")
+    sample.image.save(out)
+    console.print(f"wrote {out}: {sample.caption}", highlight=False, soft_wrap=True)
+    console.print(f"{sample.kind} question: {sample.question} answer: {sample.answer}",
+                  highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -1,37 +1,481 @@
-"""Synthetic images of coloured shapes, deterministic by seed (the built-in demo input)."""
+"""Built-in synthetic data `shapes`: drawn scenes with captions, dialogues and held-out questions.
+
+A scene is 1-4 coloured shapes in a 3x3 grid of positions on a plain light
+background. Some scenes carry fine detail sized for the `tiny` preset (56 px base
+view, 112 px high-res view): a digit in a 3x5 pixel font written on a large shape,
+or a tiny shape 6 px across. Drawn at 1/112 of the image per font pixel, a digit is
+crisp in a 112 px view and a blob in a 56 px one. Everything is generated from
+(split, index) alone, needs no files, and is the same byte for byte on every run.
+Each scene belongs to exactly one split, by a stable hash of its canonical
+description, so train, validation and test never share a scene.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import random
+from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
 
 from PIL import Image, ImageDraw
+
+SPLITS = ("train", "validation", "test")
+SPLIT_SIZES = {"train": 20000, "validation": 500, "test": 500}
+# Hash bucket (0..99) ranges per split: 90 / 5 / 5 percent of all scenes.
+_SPLIT_BUCKETS = {"train": range(0, 90), "validation": range(90, 95), "test": range(95, 100)}
 
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
     "purple": (140, 60, 180), "orange": (240, 140, 30),
 }
-SHAPES = ("circle", "square", "triangle")
+_COLOUR_NAMES = tuple(COLOURS)
+SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds",
+           "cross": "crosses"}
+POSITIONS = ("top left", "top centre", "top right", "middle left", "centre", "middle right",
+             "bottom left", "bottom centre", "bottom right")  # grid cells, row-major
+BACKGROUNDS = ((245, 245, 240), (250, 250, 250), (238, 242, 246), (246, 240, 228))
+
+KINDS = ("colour", "shape", "count", "position", "yes-no", "small-digit", "small-shape", "unanswerable")
+# The held-out question of sample i has kind KINDS[i % 8] and cycles through that kind's
+# (wording or None for any, answer) targets, so answers are balanced within each wording
+# and the question's words alone predict little.
+_EVAL_TARGETS: dict[str, tuple[tuple[str | None, str], ...]] = {
+    "colour": tuple((None, colour) for colour in COLOURS),
+    "shape": tuple((None, shape) for shape in SHAPES),
+    "count": (*(("count-all", str(n)) for n in range(1, 5)), *(("count-colour", str(n)) for n in range(4)),
+              *(("count-shape", str(n)) for n in range(4))),
+    "position": tuple((None, position) for position in POSITIONS),
+    "yes-no": ((None, "yes"), (None, "no")),
+    "small-digit": tuple((None, str(d)) for d in range(10)),
+    "small-shape": tuple((None, shape) for shape in SHAPES),
+    "unanswerable": tuple((form, "unanswerable") for form in
+                          ("unanswerable-colour", "unanswerable-position", "unanswerable-digit")),
+}
+ANSWERS: dict[str, tuple[str, ...]] = {  # every answer a held-out question of each kind can have
+    kind: tuple(dict.fromkeys(answer for _, answer in targets)) for kind, targets in _EVAL_TARGETS.items()
+}
+
+SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQA suffix
+UNANSWERABLE_HINT = "When the provided information is insufficient, respond with 'Unanswerable'."  # VizWiz's
+_DESCRIBE = ("Describe the image briefly.", "Give a short caption for the image.", "What is in the image?")
+
+_HI_RES = 112  # the view (in px) in which the fine detail is drawn at one pixel per font cell
+_TINY_SIDE = 6  # tiny shapes: side in _HI_RES px
+# 3x5 pixel font, rows top to bottom; "#" is ink.
+_DIGIT_FONT = {
+    0: ("###", "#.#", "#.#", "#.#", "###"), 1: (".#.", "##.", ".#.", ".#.", "###"),
+    2: ("###", "..#", "###", "#..", "###"), 3: ("###", "..#", "###", "..#", "###"),
+    4: ("#.#", "#.#", "###", "..#", "..#"), 5: ("###", "#..", "###", "..#", "###"),
+    6: ("###", "#..", "###", "#.#", "###"), 7: ("###", "..#", ".#.", ".#.", ".#."),
+    8: ("###", "#.#", "###", "#.#", "###"), 9: ("###", "#.#", "###", "..#", "###"),
+}
+_MAX_TRIES = 100_000  # rejection sampling bound; a held-out sample needs about 100 tries, a train one 5
 
 
-def draw_shape(image: Image.Image, shape: str, colour: tuple[int, int, int], box: tuple[int, int, int, int]) -> None:
+@dataclass(frozen=True)
+class Thing:
+    """One shape in a scene: what it is, where (grid cell 0..8), and the digit written on it, if any."""
+
+    shape: str
+    colour: str
+    size: str  # "large", "small" or "tiny"
+    cell: int
+    digit: int | None = None
+
+    @property
+    def position(self) -> str:
+        return POSITIONS[self.cell]
+
+    def phrase(self) -> str:
+        """'a large red circle with the digit 7 at the top left'."""
+        digit = f" with the digit {self.digit}" if self.digit is not None else ""
+        return f"a {self.size} {self.colour} {self.shape}{digit} at the {self.position}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """The content of an image (not its jitter or background): the things, ordered by cell."""
+
+    things: tuple[Thing, ...]
+
+    def description(self) -> str:
+        """Canonical text of the scene; equal scenes have equal descriptions."""
+        return ";".join(f"{t.cell}:{t.size}:{t.colour}:{t.shape}:{t.digit}" for t in self.things)
+
+    def split(self) -> str:
+        """The one split this scene belongs to (a stable hash of its description, not Python's salted hash)."""
+        digest = hashlib.blake2b(self.description().encode(), digest_size=8).digest()
+        bucket = int.from_bytes(digest, "big") % 100
+        return next(name for name, buckets in _SPLIT_BUCKETS.items() if bucket in buckets)
+
+    @cached_property
+    def shape_counts(self) -> Counter[str]:
+        return Counter(t.shape for t in self.things)
+
+    @cached_property
+    def colour_counts(self) -> Counter[str]:
+        return Counter(t.colour for t in self.things)
+
+    def ref(self, thing: Thing) -> str:
+        """The shortest name that picks out `thing`: 'circle' if it is the only one, else 'red circle'."""
+        return thing.shape if self.shape_counts[thing.shape] == 1 else f"{thing.colour} {thing.shape}"
+
+    def caption(self) -> str:
+        """'a large red circle at the top left, a small blue square at the centre and a tiny ...'."""
+        phrases = [t.phrase() for t in self.things]
+        listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+        return listed + "."
+
+
+@dataclass(frozen=True)
+class QA:
+    """A question about a scene with its short answer and a sentence answer (for dialogue turns)."""
+
+    kind: str
+    form: str  # which wording ("count-colour"), so that evaluation can balance answers per wording
+    question: str
+    answer: str
+    sentence: str
+
+
+@dataclass(frozen=True)
+class ShapesSample:
+    """One sample: image, pretraining caption, finetuning dialogue and a held-out evaluation question."""
+
+    id: str  # "shapes-test-000042"
+    image: Image.Image  # RGB, image_size x image_size
+    caption: str  # pretraining caption
+    conversations: list[dict[str, str]]  # LLaVA format, 2-4 QA pairs, "<image>\n" opens the first human turn
+    question: str  # the held-out evaluation question (no prompt suffix); never asked in `conversations`
+    answer: str  # its exact-match target: one word, a number or a position phrase ("top left")
+    kind: str  # one of KINDS
+
+
+def shapes_split_size(split: str) -> int:
+    """The default number of samples of `split` (larger indices work too and give more samples)."""
+    _check_split(split)
+    return SPLIT_SIZES[split]
+
+
+def shapes_sample(split: str, index: int, image_size: int = 224) -> ShapesSample:
+    """Sample `index` of `split`: deterministic, and the same scene and text for every `image_size`.
+
+    The held-out question's kind cycles through KINDS with the index and its answer
+    through the kind's targets, so each split is balanced by kind and by answer; the
+    scene is drawn by rejection until it belongs to `split` and has a question of that
+    kind with that answer.
+    """
+    _check_split(split)
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise ValueError(f"shapes sample index: expected a non-negative int, got {index!r}")
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 16:
+        raise ValueError(f"shapes image_size: expected an int >= 16, got {image_size!r}")
+    rng = random.Random(_seed(split, index))
+    kind = KINDS[index % len(KINDS)]
+    targets = _EVAL_TARGETS[kind]
+    form, answer = targets[(index // len(KINDS)) % len(targets)]
+    scene, held_out = _draw_scene_for(rng, split, kind, form, answer)
+    return ShapesSample(
+        id=f"shapes-{split}-{index:06d}",
+        image=render_scene(scene, rng, image_size),
+        caption=scene.caption(),
+        conversations=_conversation(scene, held_out, rng),
+        question=held_out.question,
+        answer=held_out.answer,
+        kind=kind,
+    )
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown shapes split {split!r}; choose one of {', '.join(SPLITS)}")
+
+
+def _seed(split: str, index: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"shapes/{split}/{index}".encode()).digest()[:8], "big")
+
+
+# ---- scenes ----------------------------------------------------------------------------------
+
+
+def _draw_scene_for(rng: random.Random, split: str, kind: str, form: str | None, answer: str) -> tuple[Scene, QA]:
+    """Rejection-sample a scene of `split` with a `kind` question (of wording `form`) answered `answer`."""
+    # Draw the detail the question is about straight away rather than waiting for it by chance.
+    digit = int(answer) if kind == "small-digit" else None
+    for _ in range(_MAX_TRIES):
+        scene = sample_scene(rng, digit=digit, tiny=kind == "small-shape")
+        if scene.split() != split:
+            continue
+        matching = [qa for qa in questions(scene, kind) if qa.answer == answer and form in (None, qa.form)]
+        if matching:
+            return scene, rng.choice(matching)
+    raise RuntimeError(f"shapes: no {split} scene with a {kind} question answered {answer!r}")  # unreachable
+
+
+def _pick(rng: random.Random, pool: tuple[str, ...], used: list[str], reuse: float) -> str:
+    """A name from `pool`, repeating one of `used` with probability `reuse` (so counts above 1 are common)."""
+    return rng.choice(used) if used and rng.random() < reuse else rng.choice(pool)
+
+
+def sample_scene(rng: random.Random, *, digit: int | None = None, tiny: bool = False) -> Scene:
+    """A random scene: 1-4 things in distinct cells, no two of the same colour and shape.
+
+    At most one thing is tiny and at most one (large) thing carries a digit; `digit`
+    forces a digit of that value, `tiny` forces a tiny thing.
+    """
+    n = rng.randint(1, 4)
+    cells = sorted(rng.sample(range(9), n))
+    tiny_at = rng.randrange(n) if tiny or rng.random() < 0.3 else None
+    if digit is not None and n == 1:
+        tiny_at = None  # the one thing must be large enough to carry the digit
+    sizes = ["tiny" if i == tiny_at else rng.choice(("large", "small")) for i in range(n)]
+    larges = [i for i, size in enumerate(sizes) if size == "large"]
+    if digit is not None and not larges:
+        larges = [next(i for i, size in enumerate(sizes) if size != "tiny")]
+        sizes[larges[0]] = "large"
+    digit_at = rng.choice(larges) if larges and (digit is not None or rng.random() < 0.3) else None
+    digit = rng.randrange(10) if digit is None else digit
+    pairs: list[tuple[str, str]] = []
+    while len(pairs) < n:
+        colour = _pick(rng, _COLOUR_NAMES, [c for c, _ in pairs], 0.3)
+        shape = _pick(rng, SHAPES, [s for _, s in pairs], 0.3)
+        if (colour, shape) not in pairs:
+            pairs.append((colour, shape))
+    return Scene(tuple(
+        Thing(shape, colour, sizes[i], cells[i], digit if i == digit_at else None)
+        for i, (colour, shape) in enumerate(pairs)
+    ))
+
+
+# ---- questions -------------------------------------------------------------------------------
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+
+
+def _count_sentence(n: int, noun: str, plural: str) -> str:
+    return f"There is 1 {noun}." if n == 1 else f"There are {n} {plural}."
+
+
+def _colour_questions(scene: Scene) -> list[QA]:
+    qas = []
+    for t in scene.things:
+        if scene.shape_counts[t.shape] == 1:
+            qas.append(QA("colour", "colour-of-shape", f"What colour is the {t.shape}?", t.colour,
+                          f"The {t.shape} is {t.colour}."))
+        qas.append(QA("colour", "colour-at-position", f"What colour is the shape at the {t.position}?", t.colour,
+                      f"It is {t.colour}."))
+    return qas
+
+
+def _shape_questions(scene: Scene) -> list[QA]:
+    qas = []
+    for t in scene.things:
+        if t.size == "tiny":
+            continue  # its shape needs the high-res view: "small-shape"
+        qas.append(QA("shape", "shape-at-position", f"What shape is at the {t.position}?", t.shape,
+                      f"It is {_a(t.shape)}."))
+        if scene.colour_counts[t.colour] == 1:
+            qas.append(QA("shape", "shape-of-colour", f"What shape is the {t.colour} object?", t.shape,
+                          f"The {t.colour} object is {_a(t.shape)}."))
+    return qas
+
+
+def _count_questions(scene: Scene) -> list[QA]:
+    n = len(scene.things)
+    qas = [QA("count", "count-all", "How many shapes are there?", str(n), _count_sentence(n, "shape", "shapes"))]
+    for colour in COLOURS:
+        k = scene.colour_counts[colour]
+        qas.append(QA("count", "count-colour", f"How many {colour} shapes are there?", str(k),
+                      _count_sentence(k, f"{colour} shape", f"{colour} shapes")))
+    for shape in SHAPES:
+        k = scene.shape_counts[shape]
+        qas.append(QA("count", "count-shape", f"How many {PLURALS[shape]} are there?", str(k),
+                      _count_sentence(k, shape, PLURALS[shape])))
+    return qas
+
+
+def _position_questions(scene: Scene) -> list[QA]:
+    qas = []
+    for t in scene.things:
+        ref = scene.ref(t)
+        qas.append(QA("position", "position", f"Where is the {ref}?", t.position, f"The {ref} is at the {t.position}."))
+    return qas
+
+
+def _yes_no_questions(scene: Scene) -> list[QA]:
+    present = {(t.colour, t.shape) for t in scene.things}
+    qas = []
+    for colour in COLOURS:
+        for shape in SHAPES:
+            thing = f"{colour} {shape}"
+            if (colour, shape) in present:
+                qas.append(QA("yes-no", "yes-no", f"Is there {_a(thing)}?", "yes", f"Yes, there is {_a(thing)}."))
+            else:
+                qas.append(QA("yes-no", "yes-no", f"Is there {_a(thing)}?", "no", f"No, there is no {thing}."))
+    return qas
+
+
+def _digit_questions(scene: Scene) -> list[QA]:
+    return [QA("small-digit", "digit", f"What digit is written on the {scene.ref(t)}?", str(t.digit),
+               f"The digit on the {scene.ref(t)} is {t.digit}.")
+            for t in scene.things if t.digit is not None]
+
+
+def _tiny_questions(scene: Scene) -> list[QA]:
+    return [QA("small-shape", "tiny-shape", "What shape is the tiny object?", t.shape,
+               f"The tiny object is {_a(t.shape)}.")
+            for t in scene.things if t.size == "tiny"]
+
+
+def _unanswerable_questions(scene: Scene) -> list[QA]:
+    """Questions about a shape that is not there: the same wording as answerable ones, so only the image tells."""
+    qas = []
+    for shape in SHAPES:
+        if scene.shape_counts[shape] == 0:
+            why = f"There is no {shape} in the image, so the question is unanswerable."
+            qas += [QA("unanswerable", "unanswerable-colour", f"What colour is the {shape}?", "unanswerable", why),
+                    QA("unanswerable", "unanswerable-position", f"Where is the {shape}?", "unanswerable", why),
+                    QA("unanswerable", "unanswerable-digit", f"What digit is written on the {shape}?",
+                       "unanswerable", why)]
+    return qas
+
+
+_QUESTIONS = {
+    "colour": _colour_questions, "shape": _shape_questions, "count": _count_questions,
+    "position": _position_questions, "yes-no": _yes_no_questions, "small-digit": _digit_questions,
+    "small-shape": _tiny_questions, "unanswerable": _unanswerable_questions,
+}
+
+
+def questions(scene: Scene, kind: str) -> list[QA]:
+    """Every unambiguous question of `kind` about `scene` (none that would need guessing)."""
+    if kind not in _QUESTIONS:
+        raise ValueError(f"unknown shapes question kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return _QUESTIONS[kind](scene)
+
+
+def _pick_balanced(rng: random.Random, qas: list[QA]) -> QA:
+    """A question whose answer is drawn uniformly from the distinct answers (so 'no' and '0' do not swamp)."""
+    answers = sorted({qa.answer for qa in qas})
+    answer = rng.choice(answers)
+    return rng.choice([qa for qa in qas if qa.answer == answer])
+
+
+def _conversation(scene: Scene, held_out: QA, rng: random.Random) -> list[dict[str, str]]:
+    """2-4 question/answer pairs about `scene` in LLaVA's format, never asking the held-out question.
+
+    Half the questions carry LLaVA's short-answer suffix (some also VizWiz's
+    'Unanswerable' hint) and get the bare answer; the others get a sentence. A quarter
+    of the dialogues open with a caption request.
+    """
+    pairs: list[tuple[str, str]] = []
+    if rng.random() < 0.25:
+        pairs.append((rng.choice(_DESCRIBE), _capitalise(scene.caption())))
+    wanted = rng.randint(2, 4)
+    asked = {held_out.question}
+    # Every scene has colour, count, position, yes-no and unanswerable questions (at most 4 of the 5 shapes).
+    has = {"shape": any(t.size != "tiny" for t in scene.things),
+           "small-digit": any(t.digit is not None for t in scene.things),
+           "small-shape": any(t.size == "tiny" for t in scene.things)}
+    kinds = [k for k in KINDS if has.get(k, True)]
+    for _ in range(50):  # enough tries to find `wanted` distinct questions in any scene
+        if len(pairs) >= wanted:
+            break
+        qa = _pick_balanced(rng, questions(scene, rng.choice(kinds)))
+        if qa.question in asked:
+            continue
+        asked.add(qa.question)
+        if rng.random() < 0.5:
+            hint = f"\n{UNANSWERABLE_HINT}" if rng.random() < 0.3 else ""
+            pairs.append((f"{qa.question}{hint}\n{SHORT_ANSWER}", _capitalise(qa.answer)))
+        else:
+            pairs.append((qa.question, qa.sentence))
+    turns = []
+    for k, (human, gpt) in enumerate(pairs):
+        turns.append({"from": "human", "value": f"<image>\n{human}" if k == 0 else human})
+        turns.append({"from": "gpt", "value": gpt})
+    return turns
+
+
+def _capitalise(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+# ---- drawing ---------------------------------------------------------------------------------
+
+
+def render_scene(scene: Scene, rng: random.Random, size: int) -> Image.Image:
+    """Draw `scene` on a `size` px square; `rng` picks the background and jitter (same draws at every size)."""
+    background = rng.choice(BACKGROUNDS)
+    image = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(image)
-    x0, y0, x1, y1 = box
+    cell = size / 3
+    unit = size / _HI_RES  # px per high-res pixel: fine detail snaps to this grid
+    for t in scene.things:
+        scale, jx, jy = rng.uniform(0.85, 1.0), rng.random(), rng.random()
+        if t.size == "tiny":
+            side = _TINY_SIDE * unit
+        else:
+            side = cell * (0.8 if t.size == "large" else 0.45) * scale
+        row, col = divmod(t.cell, 3)
+        # Keep a margin of 6% of a cell so neighbouring shapes never touch.
+        margin = 0.06 * cell
+        x0 = col * cell + margin + jx * (cell - 2 * margin - side)
+        y0 = row * cell + margin + jy * (cell - 2 * margin - side)
+        if t.size == "tiny":
+            x0, y0 = round(x0 / unit) * unit, round(y0 / unit) * unit
+        box = (x0, y0, x0 + side, y0 + side)
+        draw_shape(draw, t.shape, COLOURS[t.colour], box)
+        if t.digit is not None:
+            _draw_digit(draw, t.digit, _digit_ink(t.colour), _centre(t.shape, box), unit)
+    return image
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, colour: tuple[int, int, int],
+               box: tuple[float, float, float, float]) -> None:
+    """Fill `shape` inside `box` = (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = (round(v) for v in box)
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)  # at least one pixel, however small the image
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
     if shape == "circle":
-        draw.ellipse(box, fill=colour)
+        draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=colour)
     elif shape == "square":
-        draw.rectangle(box, fill=colour)
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=colour)
     elif shape == "triangle":
-        draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=colour)
+        draw.polygon([(cx, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=colour)
+    elif shape == "diamond":
+        draw.polygon([(cx, y0), (x1 - 1, cy), (cx, y1 - 1), (x0, cy)], fill=colour)
+    elif shape == "cross":
+        arm = max(1, round((x1 - x0) / 6))  # half the bar width: bars are a third of the side
+        draw.rectangle((x0, cy - arm, x1 - 1, cy + arm - 1), fill=colour)
+        draw.rectangle((cx - arm, y0, cx + arm - 1, y1 - 1), fill=colour)
     else:
         raise ValueError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
 
 
-def shapes_image(seed: int, size: int = 224) -> tuple[Image.Image, str]:
-    """One shape of one colour on a light background, and its caption ("a red circle")."""
-    rng = random.Random(seed)
-    shape, colour = rng.choice(SHAPES), rng.choice(sorted(COLOURS))
-    image = Image.new("RGB", (size, size), (245, 245, 240))
-    side = rng.randint(size // 4, size // 2)
-    x0, y0 = rng.randint(0, size - side), rng.randint(0, size - side)
-    draw_shape(image, shape, COLOURS[colour], (x0, y0, x0 + side, y0 + side))
-    return image, f"a {colour} {shape}"
+def _centre(shape: str, box: tuple[float, float, float, float]) -> tuple[float, float]:
+    """Where a digit sits on `shape`: the box centre, or lower for a triangle (its widest inner part)."""
+    x0, y0, x1, y1 = box
+    return (x0 + x1) / 2, ((y0 + 2 * y1) / 3 if shape == "triangle" else (y0 + y1) / 2)
+
+
+def _digit_ink(colour: str) -> tuple[int, int, int]:
+    """Black on light shapes, white on dark ones, so the digit contrasts with its shape."""
+    r, g, b = COLOURS[colour]
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
+
+
+def _draw_digit(draw: ImageDraw.ImageDraw, digit: int, ink: tuple[int, int, int],
+                centre: tuple[float, float], unit: float) -> None:
+    """Draw `digit` in the 3x5 font, one font cell per high-res pixel, snapped to that pixel grid."""
+    left = round(centre[0] / unit - 1.5)
+    top = round(centre[1] / unit - 2.5)
+    for r, line in enumerate(_DIGIT_FONT[digit]):
+        for c, mark in enumerate(line):
+            if mark == "#":
+                x, y = round((left + c) * unit), round((top + r) * unit)
+                draw.rectangle((x, y, max(x, round(x + unit) - 1), max(y, round(y + unit) - 1)), fill=ink)
