@@ -17,20 +17,26 @@ $(BIN)/sparsecut: pyproject.toml
 
 install: $(BIN)/sparsecut
 
-# The embedded default: the tiny preset on a synthetic image, on CPU, in under a minute.
+# The embedded default: pretrain then finetune the tiny preset on the built-in shapes
+# data, score it on the held-out test split beside the untrained model, and ask it about
+# one held-out image; 2 CPU cores, a few minutes. Rerunning resumes or reuses what is done.
 demo: install
-	$(BIN)/sparsecut info --preset tiny
-	$(BIN)/sparsecut build --preset tiny --out $(DEMO_DIR)/model
-	$(BIN)/sparsecut shapes $(DEMO_DIR)/shapes.png --seed 0
-	$(BIN)/sparsecut chat $(DEMO_DIR)/shapes.png --model $(DEMO_DIR)/model \
-		--prompt "What shape is in the image?" --max-new-tokens 12
-	@echo "demo: built the untrained tiny model in $(DEMO_DIR)/model and answered one question about $(DEMO_DIR)/shapes.png (random weights: the words are noise until training lands)"
+	$(BIN)/sparsecut pretrain --preset tiny --output $(DEMO_DIR)/pretrain --resume
+	$(BIN)/sparsecut finetune --preset tiny --from $(DEMO_DIR)/pretrain --output $(DEMO_DIR)/finetune --resume
+	$(BIN)/sparsecut build --preset tiny --out $(DEMO_DIR)/untrained
+	$(BIN)/sparsecut eval $(DEMO_DIR)/untrained --benchmark shapes --out $(DEMO_DIR)/untrained/eval
+	$(BIN)/sparsecut eval $(DEMO_DIR)/finetune --benchmark shapes --out $(DEMO_DIR)/eval
+	$(BIN)/sparsecut eval compare $(DEMO_DIR)/untrained/eval $(DEMO_DIR)/eval
+	$(BIN)/sparsecut shapes $(DEMO_DIR)/shapes.png --split test --index 3
+	$(BIN)/sparsecut chat $(DEMO_DIR)/shapes.png --model $(DEMO_DIR)/finetune \
+		--prompt "How many shapes are there? Answer the question using a single word or phrase."
 
 test: install
 	$(BIN)/python -m pytest
 
 bench: install
 	$(BIN)/python benchmarks/prefill.py
+	$(BIN)/python benchmarks/train_step.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

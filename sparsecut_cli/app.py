@@ -11,15 +11,17 @@ from huggingface_hub.errors import StrictDataclassError
 from rich.table import Table
 
 from sparsecut_cli.chat import chat
-from sparsecut_cli.train import finetune, pretrain
+from sparsecut_cli.evaluate import eval_app
+from sparsecut_cli.flops import flops
 from sparsecut_cli.output import console, err_console
+from sparsecut_cli.train import finetune, pretrain
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="SparseCut multimodal LLMs: build, train, evaluate, chat, cost.")
-app.command()(chat)
 app.command()(pretrain)
 app.command()(finetune)
-from sparsecut_cli.flops import flops  # noqa: E402
+app.add_typer(eval_app, name="eval")
+app.command()(chat)
 app.command()(flops)
 
 

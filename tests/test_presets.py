@@ -89,3 +89,23 @@ def test_build_from_preset_with_local_folders(tmp_path):
     assert model.get_input_embeddings().num_embeddings == len(tokenizer) + 1
     answer = Chat(model.eval(), processor, Image.new("RGB", (40, 30))).ask("what is it?", Sampling(max_new_tokens=3))
     assert isinstance(answer, str)
+
+
+def test_shipped_accelerate_configs_load():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from sparsecut_core.presets import PRESET_DIR
+
+    kinds = {path.stem: load_config_from_file(str(path)).distributed_type.value
+             for path in sorted((PRESET_DIR / "accelerate").glob("*.yaml"))}
+    assert kinds == {"cpu2": "MULTI_CPU", "ddp": "MULTI_GPU", "fsdp": "FSDP", "zero2": "DEEPSPEED",
+                     "zero3": "DEEPSPEED"}
+
+
+def test_every_preset_stage_makes_a_valid_train_config():
+    from sparsecut_core.training import TrainConfig
+
+    for name in available_presets():
+        for stage, values in load_preset(name).train.items():
+            settings = {k: v for k, v in values.items() if k not in ("data", "images")}
+            TrainConfig.from_dict({**settings, "stage": stage, "output_dir": "x"})
