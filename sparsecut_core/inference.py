@@ -27,6 +27,7 @@ from .images import load_image
 from .modeling import SparseCutForConditionalGeneration
 from .processing import ImageLike, SparseCutProcessor
 from .quantization import load_quantized, place, resolve_device
+from .runs import resolve_model_dir
 from .templates import IMAGE_PLACEHOLDER, Turn, render_prompt
 
 
@@ -37,15 +38,13 @@ def load_pretrained(
     device: str | torch.device | None = None,
     quantize: str | None = None,
 ) -> tuple[SparseCutForConditionalGeneration, SparseCutProcessor]:
-    """A model and processor saved together with `save_pretrained` in one folder.
+    """A model and processor saved together with `save_pretrained` in one folder (or a training run's folder).
 
     Without `device` the model stays where transformers loads it (CPU, saved or given dtype);
     with it, it moves there in its inference dtype. `quantize` ("4bit"/"8bit") quantizes
     the LLM with bitsandbytes on `device` (default auto), see quantization.py.
     """
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{path} is not a saved sparsecut model (no config.json)")
+    path = resolve_model_dir(path)
     processor = SparseCutProcessor.from_pretrained(path)
     if quantize is not None:
         return load_quantized(path, quantize, resolve_device(device or "auto")), processor

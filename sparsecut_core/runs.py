@@ -18,7 +18,7 @@ def resolve_model_dir(path: str | Path) -> Path:
         return path
     if (path / "model" / "config.json").is_file():
         return path / "model"
-    raise ValueError(f"{path} holds no saved sparsecut model (no config.json, no model/config.json)")
+    raise ValueError(f"{path} is not a saved sparsecut model (no config.json, nor model/config.json of a training run)")
 
 
 def from_llava_checkpoint(
