@@ -25,7 +25,7 @@ import torch
 
 from .benchmarks import BENCHMARKS, Benchmark, ImageRef, Loaded, Sample, get_benchmark, read_jsonl
 from .images import load_image
-from .inference import write_json_atomic
+from .files import write_json_atomic
 from .templates import Turn, render_prompt
 
 ANSWERS_FILE = "answers.jsonl"

@@ -9,11 +9,8 @@ during generation so that an untrained model cannot emit it.
 
 from __future__ import annotations
 
-import json
-import os
 import resource
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +20,7 @@ import torch
 from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
+from .files import write_json_atomic
 from .images import load_image
 from .modeling import SparseCutForConditionalGeneration
 from .processing import ImageLike, SparseCutProcessor
@@ -182,22 +180,6 @@ class Chat:
     def save(self, path: str | Path) -> Path:
         """Write the conversation as JSON atomically (a reader never sees a half-written file)."""
         return write_json_atomic(Path(path), self.to_record())
-
-
-def write_json_atomic(path: Path, data: Any) -> Path:
-    """Write `data` as JSON to a temporary file beside `path`, then rename it over `path`."""
-    if not path.parent.is_dir():
-        raise ValueError(f"cannot save {path}: folder {path.parent} does not exist")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(data, file, ensure_ascii=False, indent=2)
-            file.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
