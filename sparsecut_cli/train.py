@@ -130,6 +130,7 @@ def _command(stage: str):
         gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
         unfreeze_vision: Optional[bool] = typer.Option(None, "--unfreeze-vision/--freeze-vision"),
         lora_r: Optional[int] = typer.Option(None, "--lora", help="finetune the LLM with LoRA of this rank"),
+        qlora: Optional[bool] = typer.Option(None, "--qlora/--no-qlora", help="LoRA over a 4-bit NF4 base LLM"),
         on_bad_sample: Optional[str] = typer.Option(None, help="error | skip"),
         num_workers: Optional[int] = typer.Option(None, help="DataLoader worker processes"),
         cpu: bool = typer.Option(False, help="train on CPU even if a GPU is present"),

@@ -20,7 +20,8 @@ def set_trainable(model: nn.Module, stage: str, unfreeze_vision: bool = False) -
     parts = trainable_parts(stage, unfreeze_vision)
     names = []
     for name, param in model.named_parameters():
-        param.requires_grad_(name.split(".", 1)[0] in parts)
+        # quantized (4-/8-bit) weights are integers and never train; QLoRA trains LoRA beside them
+        param.requires_grad_(name.split(".", 1)[0] in parts and param.is_floating_point())
         if param.requires_grad:
             names.append(name)
     return names

@@ -25,7 +25,7 @@ _PART_KEYS = {"source", "config"}
 _TRAIN_KEYS = {
     "learning_rate", "global_batch_size", "per_device_batch_size", "epochs", "max_steps", "warmup_ratio",
     "weight_decay", "max_grad_norm", "max_length", "template", "seed", "save_every", "keep_last", "mixed_precision",
-    "gradient_checkpointing", "unfreeze_vision", "lora_r", "lora_alpha", "lora_dropout", "on_bad_sample",
+    "gradient_checkpointing", "unfreeze_vision", "lora_r", "lora_alpha", "lora_dropout", "qlora", "on_bad_sample",
     "num_workers", "data", "images",
 }
 _TOKENIZERS = ("word", "llm")

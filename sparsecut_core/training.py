@@ -37,7 +37,7 @@ MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|qkv_proj|gate_proj|up_proj|down_proj|gate_up_proj)"
 # Fields that must agree between a run and the checkpoint it resumes from.
 _RESUME_KEYS = ("stage", "learning_rate", "global_batch_size", "per_device_batch_size", "seed", "max_length",
-                "template", "lora_r", "unfreeze_vision")
+                "template", "lora_r", "qlora", "unfreeze_vision")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -71,6 +71,7 @@ class TrainConfig:
     lora_r: int = 0  # 0: full finetuning of the LLM; > 0: LoRA of this rank (peft)
     lora_alpha: int = 16
     lora_dropout: float = 0.05
+    qlora: bool = False  # LoRA over a 4-bit NF4 base LLM (bitsandbytes)
     on_bad_sample: str = "error"
     num_workers: int = 0
 
@@ -90,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"mixed_precision: expected one of {', '.join(MIXED_PRECISION)}")
         if self.lora_r and self.stage != "finetune":
             raise ValueError("lora_r: LoRA applies to the finetune stage (the LLM is frozen in pretraining)")
+        if self.qlora and not self.lora_r:
+            raise ValueError("qlora: needs a LoRA rank (--lora R) to train beside the 4-bit base")
         SkipCounter(self.on_bad_sample)  # validates the policy
 
     def accumulation_steps(self, world_size: int) -> int:
@@ -152,8 +155,12 @@ def _has_tensorboard() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-def prepare_model(model, config: TrainConfig):
-    """Freeze per stage, add LoRA if asked, turn on gradient checkpointing; returns the model to train."""
+def prepare_model(model, config: TrainConfig, device: torch.device | None = None):
+    """Quantize the base for QLoRA, freeze per stage, add LoRA, turn on gradient checkpointing."""
+    if config.qlora:
+        from .quantization import load_quantized
+
+        model = load_quantized(model, "4bit", device or torch.device("cpu"))
     set_trainable(model, config.stage, config.unfreeze_vision)
     if config.lora_r:
         from peft import LoraConfig, get_peft_model
@@ -233,7 +240,7 @@ def train(
     total_steps = config.max_steps or max(1, round(config.epochs * steps_per_epoch))
 
     torch.manual_seed(config.seed)
-    model = prepare_model(model, config)
+    model = prepare_model(model, config, accelerator.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = _schedule(optimizer, config, total_steps)

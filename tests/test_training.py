@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -160,3 +161,42 @@ def test_lora_finetune_saves_a_merged_model(tmp_path):
     base = starting_model(load_preset("tiny"))[0].state_dict()
     name = "language_model.model.layers.0.layer.self_attn.q_proj.weight"
     assert not torch.equal(loaded.state_dict()[name], base[name])
+
+
+def test_finetune_can_start_from_a_transformers_llava_checkpoint(tmp_path):
+    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration
+
+    from conftest import tiny_text_config, tiny_vision_config
+    from sparsecut_core.tokenizer import TINY_VOCAB, build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(TINY_VOCAB)
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    config = LlavaConfig(vision_config=tiny_vision_config(), text_config=tiny_text_config(vocab_size=len(tokenizer)),
+                         image_token_id=image_token_id)
+    LlavaForConditionalGeneration(config).save_pretrained(tmp_path / "llava")
+    tokenizer.save_pretrained(tmp_path / "llava")
+    CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(
+        tmp_path / "llava")
+
+    model, processor = starting_model(load_preset("tiny"), from_llava=tmp_path / "llava", template="vicuna_v1")
+    assert model.config.image_token_id == image_token_id and model.config.hi_res  # the preset's design
+    assert processor.num_image_tokens == 16 and processor.image_token_id == image_token_id
+    records, images = load_records("shapes:train:2", stage="finetune", image_size=56)
+    dataset = encode_records(records, processor, template="vicuna_v1", max_length=512, skips=SkipCounter())
+    from sparsecut_core.batching import Collator
+
+    batch = Collator(processor, records, images)([dataset[0], dataset[1]])
+    batch.pop("bad_samples")
+    assert torch.isfinite(model(**batch).loss)
+
+
+def test_qlora_trains_lora_beside_a_4bit_base_and_saves_it_merged(tmp_path):
+    import bitsandbytes as bnb
+
+    from sparsecut_core.inference import load_pretrained
+
+    _, final = _run(tmp_path, stage="finetune", lora_r=4, qlora=True, max_steps=2, learning_rate=1e-2)
+    loaded, _ = load_pretrained(final)
+    layer = loaded.language_model.model.layers[0].layer.self_attn.q_proj
+    assert isinstance(layer, bnb.nn.Linear4bit) and not any("lora" in k for k in loaded.state_dict())
+    assert all(math.isfinite(loss) for loss in _losses(tmp_path))
