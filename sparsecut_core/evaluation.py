@@ -195,9 +195,9 @@ def match_answers(samples: list[Sample], answers: list[dict], loose: bool = Fals
 
 
 def open_image(ref: ImageRef, sample: Sample):
-    """The sample's image as RGB; an unreadable one is a ValueError naming the question."""
+    """The sample's image as RGB, read as LLaVA's eval scripts do (no EXIF rotation); unreadable: ValueError."""
     try:
-        return load_image(ref() if callable(ref) else ref)
+        return load_image(ref() if callable(ref) else ref, exif_orientation=False)
     except (OSError, ValueError) as err:
         raise ValueError(f"question {sample.question_id}: cannot read its image ({err})") from err
 

@@ -56,8 +56,11 @@ def _open(source: str | os.PathLike) -> Image.Image:
     return Image.open(io.BytesIO(data))
 
 
-def load_image(path_or_image: str | os.PathLike | Image.Image) -> Image.Image:
+def load_image(path_or_image: str | os.PathLike | Image.Image, *, exif_orientation: bool = True) -> Image.Image:
     """Open an image file or http(s) URL (or take a PIL image), apply its EXIF orientation and return RGB.
+
+    `exif_orientation=False` keeps the stored pixel layout and drops the EXIF data, as
+    LLaVA's evaluation scripts read images (`Image.open(...).convert("RGB")`).
 
     Any failure (missing file, unreachable URL, not an image, truncated) is one ValueError line
     naming the source.
@@ -68,7 +71,11 @@ def load_image(path_or_image: str | os.PathLike | Image.Image) -> Image.Image:
     try:
         with _open(source) as opened:
             opened.load()  # decode now, so a truncated file fails here, not later
-            image = ImageOps.exif_transpose(opened)  # a transposed copy, or a plain copy
+            if exif_orientation:
+                image = ImageOps.exif_transpose(opened)  # a transposed copy, or a plain copy
+            else:
+                image = opened.copy()
+                image.info.pop("exif", None)  # later load_image calls must not rotate it either
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         reason = (str(err).splitlines() or [""])[0] or type(err).__name__
         raise ValueError(f"cannot read image {source}: {reason}") from err

@@ -97,6 +97,10 @@ def test_exif_rotated_jpeg_loads_upright(tmp_path):
     assert pixels[5, 10, 0] > 200 and pixels[5, 10, 2] < 60  # top: red
     assert pixels[35, 10, 2] > 200 and pixels[35, 10, 0] < 60  # bottom: blue
 
+    # as LLaVA's eval scripts read it: the stored layout, and no later call rotates it
+    stored_layout = load_image(path, exif_orientation=False)
+    assert stored_layout.size == (40, 20) and load_image(stored_layout).size == (40, 20)
+
 
 def test_palette_image_with_transparency_loads_as_rgb(tmp_path):
     image = Image.new("P", (4, 4), 1)
