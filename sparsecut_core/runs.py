@@ -49,8 +49,12 @@ def starting_model(
     llm: str | None = None,
     seed: int = 0,
     template: str | None = None,
+    cache_dir: str | Path | None = None,
 ) -> tuple[SparseCutForConditionalGeneration, SparseCutProcessor]:
-    """The model a stage trains: `init_from` (a saved model or run), a LLaVA checkpoint, or the preset built fresh."""
+    """The model a stage trains: `init_from` (a saved model or run), a LLaVA checkpoint, or the preset built fresh.
+
+    `cache_dir` holds GGUF sources converted for transformers (gguf.py).
+    """
     if init_from is not None and from_llava is not None:
         raise ValueError("give --from or --from-llava, not both")
     if init_from is not None:
@@ -63,7 +67,7 @@ def starting_model(
         from .building import build_from_preset
 
         torch.manual_seed(seed)
-        model, processor = build_from_preset(preset, vision=vision, llm=llm, seed=seed)
+        model, processor = build_from_preset(preset, vision=vision, llm=llm, seed=seed, cache_dir=cache_dir)
     if template is not None:
         processor.template = template
     return model, processor
