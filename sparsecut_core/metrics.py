@@ -303,9 +303,11 @@ def mmbench_circular_correct(predicted: list[str | None], answers: list[str]) ->
 
 
 def seed_choice(text: str, options: dict[str, str]) -> str | None:
-    """The option letter LLaVA-1.5 reads from a SEED-Bench answer: the text itself, if it is one.
+    """The option letter of a SEED-Bench-IMG answer, by VLMEvalKit's extraction (SPEC: SEED's own matching).
 
-    convert_seed_for_submission.py counts a question right iff `text == answer` (the answer letter),
-    so "A" is A while "A.", "(A)", " A", "a" or the option's text are wrong (None).
+    SEED-Bench-IMG is one of VLMEvalKit's multiple-choice datasets, scored with the same
+    `can_infer` as MMBench (without the circular pass): "A.", "(A)" and the option's text
+    all choose their option. LLaVA-1.5's convert_seed_for_submission.py is stricter (only
+    the bare letter counts); SPEC follows VLMEvalKit.
     """
-    return text if text in options else None
+    return mmbench_choice(text, options)

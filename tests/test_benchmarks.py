@@ -232,7 +232,7 @@ def test_mmbench_file_with_circular_copies_is_read_as_is_and_cn_asks_in_chinese(
     assert score("mmbench_cn", samples, ["A", "B"])["accuracy"] == 100.0
 
 
-def test_seed_keeps_image_questions_and_compares_letters_exactly(tmp_path):
+def test_seed_keeps_image_questions_and_reads_choices_as_vlmevalkit(tmp_path):
     write_jsonl(tmp_path / "llava-seed-bench.jsonl", [
         {"question_id": "101", "image": "SEED-Bench-image/1.jpg",
          "text": f"How many?\nA. One\nB. Two\nC. Three\nD. Four\n{LETTER_ANSWER}"},
@@ -249,7 +249,8 @@ def test_seed_keeps_image_questions_and_compares_letters_exactly(tmp_path):
     samples = get_benchmark("seed").load(tmp_path).samples
     assert [s.question_id for s in samples] == ["101", "102"]
     assert samples[1].text.endswith(f"D. d\n{LETTER_ANSWER}")
-    assert score("seed", samples, ["A", "C."]) == {"accuracy": 50.0, "n": 2}  # "C." is not "C" for LLaVA
+    assert score("seed", samples, ["A", "C."]) == {"accuracy": 100.0, "n": 2}  # VLMEvalKit reads "C." as C
+    assert score("seed", samples, ["B", "C."]) == {"accuracy": 50.0, "n": 2}
 
 
 def test_shapes_is_the_synthetic_test_split_with_the_short_answer_suffix_scored_per_kind():

@@ -319,7 +319,8 @@ def test_mmbench_circular_needs_every_rotation_right():
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("A", "A"), ("D", "D"), ("A.", None), ("(A)", None), (" A", None), ("a", None), ("E", None), ("cat", None)],
+    [("A", "A"), ("D", "D"), ("A.", "A"), ("(A)", "A"), (" A", "A"), ("a", None), ("E", None), ("cat", "A"),
+     ("The answer is B.", "B"), ("A or B", None)],
 )
-def test_seed_choice_is_the_exact_letter(text, expected):
+def test_seed_choice_reads_letters_and_option_texts_as_vlmevalkit(text, expected):
     assert seed_choice(text, dict(_OPTIONS)) == expected
