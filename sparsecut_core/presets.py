@@ -9,25 +9,21 @@ conversation template and the per-stage training hyperparameters.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
 from .configuration import SparseCutConfig
+from .training import TrainConfig
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
 
 _TOP_KEYS = {"name", "description", "template", "tokenizer", "vision", "llm", "image_processor", "sparsecut", "train"}
 _PART_KEYS = {"source", "config"}
-# TrainConfig's fields (training.py) a preset may set per stage, plus the stage's default data.
-_TRAIN_KEYS = {
-    "learning_rate", "global_batch_size", "per_device_batch_size", "epochs", "max_steps", "warmup_ratio",
-    "weight_decay", "max_grad_norm", "max_length", "template", "seed", "save_every", "keep_last", "mixed_precision",
-    "gradient_checkpointing", "unfreeze_vision", "lora_r", "lora_alpha", "lora_dropout", "qlora", "on_bad_sample",
-    "num_workers", "data", "images",
-}
+# A preset's [train.STAGE] may set any TrainConfig field but the two a run supplies, plus the stage's default data.
+_TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"stage", "output_dir"} | {"data", "images"}
 _TOKENIZERS = ("word", "llm")
 
 
