@@ -94,11 +94,19 @@ class Runner:
     """One model with its optimizer and batch: `step()` is one timed training step."""
 
     def __init__(self, row, args, device, dtype):
-        self.model = build(row, args.size, args.attn).to(device=device, dtype=dtype).train()
-        if args.gradient_checkpointing:
+        # built on the device in its dtype: random init of a 7B model on the CPU takes minutes
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with device:
+                self.model = build(row, args.size, args.attn).train()
+        finally:
+            torch.set_default_dtype(default_dtype)
+        self.checkpointing = args.gradient_checkpointing
+        if self.checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=1e-5, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-5, weight_decay=0.0, fused=device.type == "cuda")
         self.batch = batch_for(self.model, args.batch_size, args.text_tokens, device)
         self.batch["pixel_values"] = self.batch["pixel_values"].to(dtype)
         self.tokens = int(self.batch["attention_mask"].sum())
@@ -117,13 +125,22 @@ class Runner:
 
 
 def train_flops(runner: Runner) -> float:
-    """Model FLOPs of one step, counted (fwd + bwd) by torch's FlopCounterMode."""
+    """Model FLOPs of one step: fwd + bwd counted by torch's FlopCounterMode, without recomputation.
+
+    Counted on one sample with gradient checkpointing off (its recomputed forward is
+    not model work, so MFU leaves it out) and scaled by the batch size.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
+    one = {name: t[:1] for name, t in runner.batch.items()}
+    if runner.checkpointing:
+        runner.model.gradient_checkpointing_disable()
     with FlopCounterMode(display=False) as counter:
-        runner.model(**runner.batch).loss.backward()
+        runner.model(**one).loss.backward()
+    if runner.checkpointing:
+        runner.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     runner.optimizer.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops())
+    return float(counter.get_total_flops()) * runner.batch["input_ids"].shape[0]
 
 
 def child_peak_rss_mib(row: str, argv: list[str]) -> float:

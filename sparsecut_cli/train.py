@@ -30,6 +30,7 @@ def _settings(stage: str, preset, given: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_stage(stage: str, options: dict[str, Any]) -> None:
+    from sparsecut_core.attention import resolve_attention
     from sparsecut_core.batching import encode_records
     from sparsecut_core.presets import load_preset
     from sparsecut_core.records import SkipCounter, load_records
@@ -63,7 +64,8 @@ def run_stage(stage: str, options: dict[str, Any]) -> None:
     say(f"[bold]{stage}[/] {preset.name}: {len(dataset)} samples from {data}, global batch "
         f"{config.global_batch_size} = {config.per_device_batch_size} x {accelerator.num_processes} processes x "
         f"{accumulation} accumulation, lr {config.learning_rate}, template {config.template}, "
-        f"precision {accelerator.mixed_precision}")
+        f"precision {accelerator.mixed_precision}, attention "
+        f"{resolve_attention(config.attention, accelerator.device, accelerator.mixed_precision)}")
 
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -128,6 +130,8 @@ def _command(stage: str):
         keep_last: Optional[int] = typer.Option(None, help="checkpoints to keep"),
         mixed_precision: Optional[str] = typer.Option(None, "--precision", help="auto | no | bf16 | fp16"),
         gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+        attention: Optional[str] = typer.Option(None, help="auto | sdpa | eager | flash_attention_2 (auto: "
+                                                           "flash-attention 2 on a GPU when installed, else sdpa)"),
         unfreeze_vision: Optional[bool] = typer.Option(None, "--unfreeze-vision/--freeze-vision"),
         lora_r: Optional[int] = typer.Option(None, "--lora", help="finetune the LLM with LoRA of this rank"),
         qlora: Optional[bool] = typer.Option(None, "--qlora/--no-qlora", help="LoRA over a 4-bit NF4 base LLM"),

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
+from .attention import resolve_attention
 from .files import write_json_atomic
 from .images import load_image
 from .modeling import SparseCutForConditionalGeneration
@@ -45,11 +46,15 @@ def load_pretrained(
     path = resolve_model_dir(path)
     processor = SparseCutProcessor.from_pretrained(path)
     if quantize is not None:
-        return load_quantized(path, quantize, resolve_device(device or "auto")), processor
-    model = SparseCutForConditionalGeneration.from_pretrained(path, dtype=dtype)
-    if device is not None:
+        model = load_quantized(path, quantize, resolve_device(device or "auto"))
+    else:
+        model = SparseCutForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        if device is None:
+            return model.eval(), processor
         target = resolve_device(device)
         model = place(model, target) if dtype is None else model.to(target)
+    # flash-attention 2 where it runs (a GPU, half precision, flash-attn installed), else SDPA
+    model.set_attn_implementation(resolve_attention("auto", model.device, model.dtype))
     return model.eval(), processor
 
 

@@ -30,6 +30,7 @@ from .checkpoints import (
     save_checkpoint,
     write_json_atomic,
 )
+from .attention import ATTENTION, resolve_attention
 from .freezing import STAGES, set_trainable
 from .records import BadSample, SkipCounter
 
@@ -67,6 +68,7 @@ class TrainConfig:
     keep_last: int = 2
     mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, else fp32
     gradient_checkpointing: bool = False
+    attention: str = "auto"  # auto: flash_attention_2 on CUDA in bf16/fp16 when flash-attn is installed, else sdpa
     unfreeze_vision: bool = False
     lora_r: int = 0  # 0: full finetuning of the LLM; > 0: LoRA of this rank (peft)
     lora_alpha: int = 16
@@ -89,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"max_steps: expected a positive integer, got {self.max_steps}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision: expected one of {', '.join(MIXED_PRECISION)}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"attention: expected one of {', '.join(ATTENTION)}, got {self.attention!r}")
         if self.lora_r and self.stage != "finetune":
             raise ValueError("lora_r: LoRA applies to the finetune stage (the LLM is frozen in pretraining)")
         if self.qlora and not self.lora_r:
@@ -155,8 +159,9 @@ def _has_tensorboard() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-def prepare_model(model, config: TrainConfig, device: torch.device | None = None):
-    """Quantize the base for QLoRA, freeze per stage, add LoRA, turn on gradient checkpointing."""
+def prepare_model(model, config: TrainConfig, device: torch.device | None = None, precision: str = "no"):
+    """Pick the attention kernel, quantize the base for QLoRA, freeze per stage, add LoRA, gradient checkpointing."""
+    model.set_attn_implementation(resolve_attention(config.attention, device or torch.device("cpu"), precision))
     if config.qlora:
         from .quantization import load_quantized
 
@@ -240,7 +245,7 @@ def train(
     total_steps = config.max_steps or max(1, round(config.epochs * steps_per_epoch))
 
     torch.manual_seed(config.seed)
-    model = prepare_model(model, config, accelerator.device)
+    model = prepare_model(model, config, accelerator.device, accelerator.mixed_precision)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = _schedule(optimizer, config, total_steps)
@@ -260,6 +265,7 @@ def train(
             **asdict(config), **(run_info or {}), "data": data_key, "world_size": world,
             "accumulation_steps": accumulation, "total_steps": total_steps, "samples": len(dataset),
             "mixed_precision": accelerator.mixed_precision,
+            "attn_implementation": resolve_attention(config.attention, accelerator.device, accelerator.mixed_precision),
         })
     if accelerator.log_with:
         accelerator.init_trackers("sparsecut", config={k: v for k, v in asdict(config).items() if v is not None})
