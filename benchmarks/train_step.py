@@ -149,9 +149,13 @@ def train_flops(runner: Runner) -> float:
 
 
 def child_peak_rss_mib(row: str, argv: list[str]) -> float:
-    """Peak RSS of a child process that builds `row` and runs two steps (CPU memory, MiB)."""
-    code = ("import sys, resource; sys.argv = {argv!r}; import benchmarks.train_step as b; "
-            "b.one_row({row!r}); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    """Peak RSS of a child process that builds `row` and runs two steps (CPU memory, MiB).
+
+    Read from /proc/self/status (VmHWM, the child's own address space): getrusage's
+    ru_maxrss survives fork + exec on Linux, so it reports at least the parent's RSS.
+    """
+    code = ("import sys; sys.argv = {argv!r}; import benchmarks.train_step as b; b.one_row({row!r}); "
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     out = subprocess.run([sys.executable, "-c", code.format(argv=["train_step", *argv], row=row)],
                          capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 1024
