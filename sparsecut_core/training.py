@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import torch
 
+from .attention import ATTENTION, resolve_attention
 from .batching import Collator, modality_length_batches
 from .checkpoints import (
     keep_trainable_weights,
@@ -30,7 +31,6 @@ from .checkpoints import (
     save_checkpoint,
     write_json_atomic,
 )
-from .attention import ATTENTION, resolve_attention
 from .freezing import STAGES, set_trainable
 from .records import BadSample, SkipCounter
 
