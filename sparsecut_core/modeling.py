@@ -7,6 +7,8 @@ the LLM, whose decoder layers add Z_i at the visual positions (injection.py).
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
@@ -165,6 +167,10 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        # transformers >= 5.24 hands the KV cache over as `cache` (`past_key_values` deprecated).
+        cache = kwargs.pop("cache", None)
+        if cache is None:
+            cache = past_key_values
         if input_ids is None and (pixel_values is not None or inputs_embeds is None):
             raise ValueError("give input_ids (needed to locate image tokens) or inputs_embeds")
         visual = None if input_ids is None else input_ids == self.config.image_token_id
@@ -172,19 +178,28 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
             kwargs[SHORTCUTS_KWARG] = self.image_shortcuts(visual, pixel_values)
             if inputs_embeds is None:
                 inputs_embeds = self.embed_text(input_ids, visual)
-        elif inputs_embeds is None and _is_prefill(past_key_values) and visual.any():
+        elif inputs_embeds is None and _is_prefill(cache) and visual.any():
             raise ValueError("input_ids contain image tokens but no pixel_values were given")
         return self.language_model(
             input_ids=None if inputs_embeds is not None else input_ids,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             labels=labels,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
+            **_cache_kwarg(self.language_model, cache),
             **kwargs,
         )
+
+
+def _cache_kwarg(model: torch.nn.Module, cache) -> dict:
+    """The KV cache under the name this transformers release's forward takes."""
+    if cache is None:
+        return {}
+    if "cache" in inspect.signature(type(model).forward).parameters:
+        return {"cache": cache}
+    return {"past_key_values": cache}
 
 
 def _is_prefill(past_key_values) -> bool:

@@ -92,6 +92,8 @@ def load_quantized(
                 model = _from_pretrained(folder, config, device)
         else:
             model = _from_pretrained(source, config, device)
+        if mode == "4bit" and device.type == "cpu":
+            restrict_cpu_packing(model)
         _check_llm_runs(model)
     except (ImportError, RuntimeError, NotImplementedError) as err:
         reason = (str(err).strip().splitlines() or [""])[0] or type(err).__name__
@@ -112,6 +114,38 @@ def _from_pretrained(
         folder, quantization_config=config, device_map={"": device}, dtype=dtype
     )
     return model.eval()
+
+
+# bitsandbytes' AVX512-BF16 CPU path repacks a 4-bit weight [N, K] in blocks of 32 rows and
+# reshapes its absmax to [N, K // blocksize] (bitsandbytes.functional._convert_weight_packed_for_cpu).
+CPU_PACK_ROWS = 32
+
+
+def cpu_packable(module: torch.nn.Module) -> bool:
+    """Whether bitsandbytes' AVX512-BF16 CPU kernel can take this Linear4bit's weight shape."""
+    state = module.weight.quant_state
+    rows, cols = state.shape
+    return rows % CPU_PACK_ROWS == 0 and cols % state.blocksize == 0
+
+
+def restrict_cpu_packing(model: torch.nn.Module) -> list[str]:
+    """Send the 4-bit linears the AVX512-BF16 CPU kernel cannot take down bitsandbytes' generic path.
+
+    On a CPU with AVX512-BF16 bitsandbytes repacks every 4-bit weight at its first inference
+    forward and fails on shapes it cannot tile (the tiny preset's 96-wide projections: "shape
+    '[96, 1]' is invalid for input of size 144"); elsewhere it always dequantizes and multiplies.
+    Those layers stay 4-bit and take the dequantizing path, which works for every shape.
+    Returns their names.
+    """
+    import bitsandbytes as bnb
+
+    generic = []
+    for name, module in model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            if not cpu_packable(module):
+                module.support_avx512bf16_for_cpu = False
+                generic.append(name)
+    return generic
 
 
 @torch.inference_mode()

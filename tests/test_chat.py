@@ -4,6 +4,7 @@ Everything runs on the tiny preset (random weights): answers are gibberish, so t
 compare answers with each other and check the conversation's structure, not its words.
 """
 
+import copy
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from sparsecut_core.inference import Chat, ChatStreamer, Sampling, StopFlag
 from sparsecut_core.modeling import SparseCutForConditionalGeneration
 from sparsecut_core.presets import load_preset
 from sparsecut_core.processing import SparseCutProcessor
-from sparsecut_core.quantization import load_quantized, quantized_module_names, resolve_device
+from sparsecut_core.quantization import load_quantized, quantized_module_names, resolve_device, restrict_cpu_packing
 
 runner = CliRunner()
 SHORT = Sampling(max_new_tokens=6)
@@ -338,3 +339,23 @@ def test_4bit_on_cuda_generates_and_reports_cuda_memory(saved_model, images):
                                  "--device", "cuda", "--prompt", "what?", "--max-new-tokens", "4", "--verbose"])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() and "CUDA max allocated" in result.stderr
+
+
+def test_4bit_on_cpu_survives_bitsandbytes_avx512_bf16_repacking(saved_model, images):
+    """The path bitsandbytes takes on an AVX512-BF16 CPU, forced on any CPU: every 4-bit linear left on
+    the repacking path can be repacked (the tiny preset's 96-wide layers could not), the rest are named."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    model = load_quantized(saved_model, "4bit", resolve_device("cpu"))
+    layers = dict(model.named_modules())
+    for name in quantized_module_names(model):
+        layers[name].support_avx512bf16_for_cpu = True  # what bitsandbytes sets where the CPU has AVX512-BF16
+    generic = restrict_cpu_packing(model)
+    assert "language_model.model.layers.0.layer.self_attn.q_proj" in generic  # [96, 96]: absmax [96, 1] breaks
+    assert "language_model.model.layers.0.layer.mlp.down_proj" not in generic  # [96, 192]: tiles
+    assert len(quantized_module_names(model)) == 6 * 7  # every LLM linear stays 4-bit
+    for name in quantized_module_names(model):
+        layer = layers[name]
+        if layer.support_avx512bf16_for_cpu:
+            state = copy.deepcopy(layer.weight.quant_state)
+            _convert_weight_packed_for_cpu(layer.weight.data.clone(), state)  # raised for 96-wide layers
