@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Optional
@@ -107,8 +108,24 @@ def shapes(
                   highlight=False, soft_wrap=True)
 
 
+# Loggers that only announce an optional speed-up the user did not ask for; everything else a
+# library warns about still reaches the terminal.
+NOISY_LOGGERS = (
+    # on AVX512-BF16 CPUs, at import: "Failed to load CPU gemm_4bit_forward from kernels-community"
+    # (the optional `kernels` package); bitsandbytes then uses its own CPU kernel
+    "bitsandbytes.backends.cpu.ops",
+)
+
+
+def quiet_library_noise() -> None:
+    """Keep known third-party notices (logged on import) off the terminal, below ERROR."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main() -> None:
     """Entry point: user errors become one red line, not a traceback."""
+    quiet_library_noise()
     import datasets
     from transformers.utils import logging as hf_logging
 

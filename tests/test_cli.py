@@ -43,3 +43,14 @@ def test_info_shows_the_paper_pattern_without_downloading():
     result = runner.invoke(app, ["info", "--preset", "vicuna7b"])
     assert result.exit_code == 0
     assert "(23,1), (20,5), (17,9)" in result.output
+
+
+def test_library_notices_on_import_stay_off_the_terminal_but_real_warnings_do_not():
+    import logging
+
+    from sparsecut_cli.app import quiet_library_noise
+
+    quiet_library_noise()
+    assert not logging.getLogger("bitsandbytes.backends.cpu.ops").isEnabledFor(logging.WARNING)
+    assert logging.getLogger("bitsandbytes.backends.cpu.ops").isEnabledFor(logging.ERROR)
+    assert logging.getLogger("transformers.modeling_utils").isEnabledFor(logging.WARNING)
