@@ -212,3 +212,21 @@ def test_from_pretrained_parts_loads_both_checkpoints(tmp_path, pixels):
     text = image_prompt(10, None)[None]
     with torch.no_grad():
         assert torch.equal(model(input_ids=text).logits, llm(input_ids=text).logits)
+
+
+def test_the_kv_cache_is_handed_on_under_the_name_the_llm_takes():
+    """transformers >= 5.24 names it `cache` (`past_key_values` deprecated); earlier 5.x only `past_key_values`."""
+    from torch import nn
+
+    from sparsecut_core.modeling import _cache_kwarg
+
+    class Old(nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, **kwargs): ...
+
+    class New(nn.Module):
+        def forward(self, input_ids=None, cache=None, **kwargs): ...
+
+    marker = object()
+    assert _cache_kwarg(Old(), marker) == {"past_key_values": marker}
+    assert _cache_kwarg(New(), marker) == {"cache": marker}
+    assert _cache_kwarg(New(), None) == {}
