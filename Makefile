@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU wheel of torch; set TORCH_SPEC= (empty) to keep a torch you installed yourself.
 TORCH_SPEC ?= torch==2.13.0
-# Exact versions of every dependency the suite passed with; `make lock` rewrites it from .venv.
+# Exact versions of every dependency the suite passed with; `make lock` moves it to test-latest's.
 LOCK := requirements.lock
 LATEST := .venv-latest
 DEMO_DIR := runs/demo
@@ -60,9 +60,10 @@ test-latest:
 	$(LATEST)/bin/python -m pip freeze --exclude-editable | grep -iE '^(torch|transformers|accelerate|bitsandbytes|peft|datasets)=='
 	$(LATEST)/bin/python -m pytest
 
-# Rewrite the lock from .venv (run after `make test` passes there); torch stays with TORCH_SPEC.
-lock: install
-	{ sed -n '1,2p' $(LOCK); $(BIN)/python -m pip freeze --exclude-editable | grep -vE '^(torch==|-e |sparsecut)'; } > $(LOCK).tmp
+# Move the lock to the versions `make test-latest` just passed with; torch stays with TORCH_SPEC.
+lock:
+	test -x $(LATEST)/bin/python || { echo "run make test-latest first"; exit 1; }
+	{ sed -n '1,2p' $(LOCK); $(LATEST)/bin/python -m pip freeze --exclude-editable | grep -vE '^(torch==|-e |sparsecut)'; } > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)
 
 bench: install
