@@ -7,6 +7,7 @@ the LLM, whose decoder layers add Z_i at the visual positions (injection.py).
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -197,9 +198,13 @@ def _cache_kwarg(model: torch.nn.Module, cache) -> dict:
     """The KV cache under the name this transformers release's forward takes."""
     if cache is None:
         return {}
-    if "cache" in inspect.signature(type(model).forward).parameters:
-        return {"cache": cache}
-    return {"past_key_values": cache}
+    return {_cache_name(type(model)): cache}
+
+
+@functools.cache
+def _cache_name(model_class: type) -> str:
+    """Once per class: decode steps call forward for every token."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def _is_prefill(past_key_values) -> bool:
