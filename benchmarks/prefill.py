@@ -34,7 +34,7 @@ import torch
 import transformers
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from sparsecut_core.modeling import SparseCutForConditionalGeneration
+from sparsecut_core.model.modeling import SparseCutForConditionalGeneration
 
 SEED = 0
 IMAGE_TOKEN_ID = 31999  # inside the vocab, so LLaVA needs no resized embeddings

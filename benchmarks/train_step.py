@@ -35,8 +35,8 @@ import time
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from sparsecut_core.freezing import set_trainable
-from sparsecut_core.modeling import SparseCutForConditionalGeneration
+from sparsecut_core.model.freezing import set_trainable
+from sparsecut_core.model.modeling import SparseCutForConditionalGeneration
 
 IMAGE_TOKEN_ID = 3
 SIZES = {

@@ -29,7 +29,7 @@ app.command()(flops)
 @app.command("presets")
 def presets_command() -> None:
     """List the presets shipped in presets/."""
-    from sparsecut_core.presets import available_presets, load_preset
+    from sparsecut_core.presets.preset import available_presets, load_preset
 
     table = Table("preset", "shortcuts", "hi-res", "description")
     for name in available_presets():
@@ -46,12 +46,12 @@ def info(
 ) -> None:
     """Show a model's shortcut pattern, views and sizes (no weights needed for a preset)."""
     if model is not None:
-        from sparsecut_core.configuration import SparseCutConfig
+        from sparsecut_core.model.configuration import SparseCutConfig
 
         config = SparseCutConfig.from_pretrained(model)
         name = str(model)
     else:
-        from sparsecut_core.presets import load_preset
+        from sparsecut_core.presets.preset import load_preset
 
         config = load_preset(preset or "tiny").sparsecut_config()
         name = preset or "tiny"
@@ -77,8 +77,8 @@ def build(
     seed: int = typer.Option(0, help="seed for randomly initialised parts"),
 ) -> None:
     """Build a preset's model before training (pretrained parts + fresh adapter) and save it."""
-    from sparsecut_core.building import build_from_preset
-    from sparsecut_core.presets import load_preset
+    from sparsecut_core.presets.build import build_from_preset
+    from sparsecut_core.presets.preset import load_preset
 
     loaded = load_preset(preset)
     model, processor = build_from_preset(loaded, vision=vision, llm=llm, seed=seed, cache_dir=gguf_cache_dir())
@@ -98,7 +98,7 @@ def shapes(
     size: int = typer.Option(224, help="image side in pixels"),
 ) -> None:
     """Draw one sample of the built-in `shapes` data: write its image, print its caption and test question."""
-    from sparsecut_core.shapes import shapes_sample
+    from sparsecut_core.data.shapes import shapes_sample
 
     sample = shapes_sample(split, index, size)
     out.parent.mkdir(parents=True, exist_ok=True)

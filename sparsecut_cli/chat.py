@@ -20,7 +20,7 @@ import typer
 from sparsecut_cli.output import console, err_console, load_model
 
 if TYPE_CHECKING:
-    from sparsecut_core.inference import Chat, Sampling, StopFlag
+    from sparsecut_core.inference.chat import Chat, Sampling, StopFlag
 
 Reader = Callable[[str], str] | Iterable[str]  # input()-like (EOFError at the end) or lines
 Writer = Callable[[str], None]
@@ -54,7 +54,7 @@ def answer(session: Chat, question: str, sampling: Sampling, write: Writer) -> s
     The exchange joins the history either way, with the part of the answer generated (and shown) so far
     (unless nothing was).
     """
-    from sparsecut_core.inference import ChatStreamer, StopFlag
+    from sparsecut_core.inference.chat import ChatStreamer, StopFlag
 
     stop = StopFlag()
     streamer = ChatStreamer(session.processor.tokenizer, on_text=write)
@@ -189,9 +189,9 @@ def chat(
     """
     from transformers import set_seed
 
-    from sparsecut_core.images import load_image
-    from sparsecut_core.inference import Chat, Sampling, peak_memory_bytes
-    from sparsecut_core.quantization import quantized_module_names, resolve_device
+    from sparsecut_core.model.images import load_image
+    from sparsecut_core.inference.chat import Chat, Sampling, peak_memory_bytes
+    from sparsecut_core.inference.quantization import quantized_module_names, resolve_device
 
     if model is not None and preset is not None:
         raise ValueError("give --model or --preset, not both")

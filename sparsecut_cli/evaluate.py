@@ -45,7 +45,7 @@ class OnBadSample(str, Enum):
 
 
 def _benchmark_names() -> str:
-    from sparsecut_core.benchmarks import BENCHMARKS
+    from sparsecut_core.evaluation.benchmarks import BENCHMARKS
 
     return ", ".join(BENCHMARKS)
 
@@ -99,8 +99,8 @@ def run(
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
 ) -> None:
     """Answer a benchmark's questions with MODEL_DIR (resuming an earlier run) and score them."""
-    from sparsecut_core.benchmarks import get_benchmark
-    from sparsecut_core.evaluation import EvalSettings, evaluate, score_only as score_answers
+    from sparsecut_core.evaluation.benchmarks import get_benchmark
+    from sparsecut_core.evaluation.runner import EvalSettings, evaluate, score_only as score_answers
 
     get_benchmark(benchmark)  # an unknown name fails before anything loads
     if data is not None:
@@ -119,7 +119,7 @@ def run(
         raise ValueError("--answers is for --score-only; a run writes OUT/BENCHMARK/answers.jsonl")
     if load_4bit and load_8bit:
         raise ValueError("choose one of --load-4bit and --load-8bit")
-    from sparsecut_core.inference import load_pretrained
+    from sparsecut_core.inference.loading import load_pretrained
 
     quantize = "4bit" if load_4bit else "8bit" if load_8bit else None
     with warnings.catch_warnings():
@@ -140,7 +140,7 @@ def compare(
     plot: Optional[Path] = typer.Option(None, help="also write a bar chart of the headline scores (PNG)"),
 ) -> None:
     """Scores of several runs side by side; --plot draws the headline score of each benchmark."""
-    from sparsecut_core.evaluation import compare_results, plot_comparison
+    from sparsecut_core.evaluation.results import compare_results, plot_comparison
 
     comparison = compare_results(runs)
     table = Table("benchmark", "metric", *comparison.runs)

@@ -38,8 +38,8 @@ def flops(
     the ViT over all views, every adapter application, the LLM over visual + text positions, the LM head on the last.
     llava-concat puts all 1 + crops views' tokens in the context; SparseCut fuses them and keeps M_v positions.
     """
-    from sparsecut_core.flops import MetaCounter, concat_ratio, crop_grid_sweep, preset_costs
-    from sparsecut_core.presets import load_preset
+    from sparsecut_core.cost.flops import MetaCounter, concat_ratio, crop_grid_sweep, preset_costs
+    from sparsecut_core.presets.preset import load_preset
 
     if plot is not None:
         _require_matplotlib()

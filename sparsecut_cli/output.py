@@ -15,7 +15,7 @@ def gguf_cache_dir() -> Path:
     """Where converted GGUF checkpoints are cached ($XDG_CACHE_HOME/sparsecut/gguf or ~/.cache/...)."""
     import os
 
-    from sparsecut_core.gguf import default_cache_dir
+    from sparsecut_core.sources.gguf import default_cache_dir
 
     return default_cache_dir(os.environ, Path.home())
 
@@ -25,15 +25,15 @@ def load_model(model: Optional[Path], preset: Optional[str], seed: int, *, devic
     """A saved model folder, or a preset's model before training.
 
     With `device` (auto/cpu/cuda) the model is placed there in its inference dtype; with
-    `quantize` ("4bit"/"8bit") its LLM is quantized by bitsandbytes (sparsecut_core.quantization).
+    `quantize` ("4bit"/"8bit") its LLM is quantized by bitsandbytes (sparsecut_core.inference.quantization).
     """
     if model is not None:
-        from sparsecut_core.inference import load_pretrained
+        from sparsecut_core.inference.loading import load_pretrained
 
         return load_pretrained(model, device=device, quantize=quantize)
-    from sparsecut_core.building import build_from_preset
-    from sparsecut_core.presets import load_preset
-    from sparsecut_core.quantization import load_quantized, place, resolve_device
+    from sparsecut_core.presets.build import build_from_preset
+    from sparsecut_core.presets.preset import load_preset
+    from sparsecut_core.inference.quantization import load_quantized, place, resolve_device
 
     built, processor = build_from_preset(load_preset(preset or "tiny"), seed=seed, cache_dir=gguf_cache_dir())
     if quantize is not None:

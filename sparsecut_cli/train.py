@@ -19,7 +19,7 @@ _STAGE_HELP = {
 
 def _settings(stage: str, preset, given: dict[str, Any]) -> dict[str, Any]:
     """TrainConfig fields: its defaults <- the preset's [train.STAGE] <- the options given on the command line."""
-    from sparsecut_core.training import TrainConfig
+    from sparsecut_core.training.config import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
     stage_defaults = {k: v for k, v in preset.train.get(stage, {}).items() if k in names}
@@ -30,12 +30,14 @@ def _settings(stage: str, preset, given: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_stage(stage: str, options: dict[str, Any]) -> None:
-    from sparsecut_core.attention import resolve_attention
-    from sparsecut_core.batching import encode_records
-    from sparsecut_core.presets import load_preset
-    from sparsecut_core.records import SkipCounter, load_records
-    from sparsecut_core.runs import starting_model
-    from sparsecut_core.training import NonFiniteLoss, TrainConfig, TrainingInterrupted, make_accelerator, train
+    from sparsecut_core.model.attention import resolve_attention
+    from sparsecut_core.data.batching import encode_records
+    from sparsecut_core.presets.preset import load_preset
+    from sparsecut_core.data.records import SkipCounter, load_records
+    from sparsecut_core.presets.start import starting_model
+    from sparsecut_core.training.config import TrainConfig
+    from sparsecut_core.training.loop import NonFiniteLoss, TrainingInterrupted, train
+    from sparsecut_core.training.setup import make_accelerator
 
     preset = load_preset(options["preset"])
     output = options["output"] or Path("runs") / f"{preset.name}-{stage}"

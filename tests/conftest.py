@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from sparsecut_core.configuration import SparseCutConfig
-from sparsecut_core.modeling import SparseCutForConditionalGeneration
+from sparsecut_core.model.configuration import SparseCutConfig
+from sparsecut_core.model.modeling import SparseCutForConditionalGeneration
 
 IMAGE_TOKEN = 99
 VOCAB = 100

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-import sparsecut_core.attention as attention
-from sparsecut_core.attention import resolve_attention
-from sparsecut_core.training import TrainConfig, prepare_model
+import sparsecut_core.model.attention as attention
+from sparsecut_core.model.attention import resolve_attention
+from sparsecut_core.training.config import TrainConfig
+from sparsecut_core.training.setup import prepare_model
 
 from conftest import tiny_model
 

@@ -7,13 +7,10 @@ import json
 import pytest
 from PIL import Image
 
-from sparsecut_core.benchmarks import (
-    CIRCULAR_ID_STEP,
-    LETTER_ANSWER,
-    LETTER_ANSWER_CN,
-    get_benchmark,
-)
-from sparsecut_core.shapes import SHORT_ANSWER, UNANSWERABLE_HINT
+from sparsecut_core.evaluation.benchmarks import get_benchmark
+from sparsecut_core.evaluation.benchmarks.base import LETTER_ANSWER
+from sparsecut_core.evaluation.benchmarks.mmbench import CIRCULAR_ID_STEP, LETTER_ANSWER_CN
+from sparsecut_core.data.shapes import SHORT_ANSWER, UNANSWERABLE_HINT
 
 
 def png(path, colour=(200, 30, 30)):

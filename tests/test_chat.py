@@ -19,13 +19,13 @@ from typer.testing import CliRunner
 from sparsecut_cli import app as app_module
 from sparsecut_cli.app import app
 from sparsecut_cli.chat import chat_loop
-from sparsecut_core.building import build_from_preset
-from sparsecut_core.images import load_image
-from sparsecut_core.inference import Chat, ChatStreamer, Sampling, StopFlag
-from sparsecut_core.modeling import SparseCutForConditionalGeneration
-from sparsecut_core.presets import load_preset
-from sparsecut_core.processing import SparseCutProcessor
-from sparsecut_core.quantization import load_quantized, quantized_module_names, resolve_device, restrict_cpu_packing
+from sparsecut_core.presets.build import build_from_preset
+from sparsecut_core.model.images import load_image
+from sparsecut_core.inference.chat import Chat, ChatStreamer, Sampling, StopFlag
+from sparsecut_core.model.modeling import SparseCutForConditionalGeneration
+from sparsecut_core.presets.preset import load_preset
+from sparsecut_core.model.processing import SparseCutProcessor
+from sparsecut_core.inference.quantization import load_quantized, quantized_module_names, resolve_device, restrict_cpu_packing
 
 runner = CliRunner()
 SHORT = Sampling(max_new_tokens=6)

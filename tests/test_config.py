@@ -1,6 +1,6 @@
 import pytest
 
-from sparsecut_core.configuration import SparseCutConfig
+from sparsecut_core.model.configuration import SparseCutConfig
 
 from conftest import tiny_config
 

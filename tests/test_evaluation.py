@@ -7,10 +7,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sparsecut_cli.app import app
-from sparsecut_core.building import build_from_preset
-from sparsecut_core.evaluation import EvalSettings, evaluate, score_only, write_results, RunInfo
-from sparsecut_core.presets import load_preset
-from sparsecut_core.shapes import SHORT_ANSWER
+from sparsecut_core.presets.build import build_from_preset
+from sparsecut_core.evaluation.results import RunInfo, write_results
+from sparsecut_core.evaluation.runner import EvalSettings, evaluate, score_only
+from sparsecut_core.presets.preset import load_preset
+from sparsecut_core.data.shapes import SHORT_ANSWER
 
 runner = CliRunner()
 
@@ -183,7 +184,7 @@ def test_cli_eval_model_dir_runs_the_benchmark_and_compare_tabulates_and_plots(t
 def test_plot_without_matplotlib_is_a_one_line_error_naming_the_extra(tmp_path, monkeypatch):
     import sys
 
-    from sparsecut_core.evaluation import Comparison, plot_comparison
+    from sparsecut_core.evaluation.results import Comparison, plot_comparison
 
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
     with pytest.raises(ValueError, match=r"pip install 'sparsecut\[plot\]'"):

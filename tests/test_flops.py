@@ -8,15 +8,8 @@ from transformers import MistralConfig, Phi3Config, Qwen2Config
 from typer.testing import CliRunner
 
 from sparsecut_cli.app import app
-from sparsecut_core.flops import (
-    costing_config,
-    count_flops,
-    crop_grid_sweep,
-    formula_flops,
-    method_config,
-    preset_costs,
-)
-from sparsecut_core.presets import available_presets, load_preset
+from sparsecut_core.cost.flops import costing_config, count_flops, crop_grid_sweep, formula_flops, method_config, preset_costs
+from sparsecut_core.presets.preset import available_presets, load_preset
 
 from conftest import M_V, VOCAB, tiny_config, tiny_text_config
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sparsecut_core.images import expand_to_square, load_image, make_views
+from sparsecut_core.model.images import expand_to_square, load_image, make_views
 
 FILL = (10, 20, 30)
 

@@ -6,9 +6,9 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from sparsecut_core.labels import IGNORE_INDEX, TokenizationMismatch, encode_dialogue
-from sparsecut_core.templates import Turn
-from sparsecut_core.tokenizer import TINY_VOCAB, build_word_tokenizer
+from sparsecut_core.data.labels import IGNORE_INDEX, TokenizationMismatch, encode_dialogue
+from sparsecut_core.data.templates import Turn
+from sparsecut_core.data.tokenizer import TINY_VOCAB, build_word_tokenizer
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sparsecut_core.modeling import SparseCutForConditionalGeneration
+from sparsecut_core.model.modeling import SparseCutForConditionalGeneration
 
 from conftest import M_V, image_prompt, pad_batch, tiny_llava
 

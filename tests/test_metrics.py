@@ -8,18 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsecut_core.metrics import (
-    exact_match,
-    gqa_match,
-    mmbench_choice,
-    mmbench_circular_correct,
-    normalize_answer,
-    parse_choice,
-    pope_answer,
-    pope_scores,
-    seed_choice,
-    vqa_accuracy,
-)
+from sparsecut_core.evaluation.metrics import exact_match, gqa_match, mmbench_choice, mmbench_circular_correct, normalize_answer, parse_choice, pope_answer, pope_scores, seed_choice, vqa_accuracy
 
 # ------------------------------------------------------------------------------------------ VQA
 

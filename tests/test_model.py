@@ -10,7 +10,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from sparsecut_core.modeling import SparseCutForConditionalGeneration
+from sparsecut_core.model.modeling import SparseCutForConditionalGeneration
 
 from conftest import IMAGE_SIZE, IMAGE_TOKEN, M_V, image_prompt, pad_batch, tiny_config, tiny_model, tiny_vision_config
 
@@ -218,7 +218,7 @@ def test_the_kv_cache_is_handed_on_under_the_name_the_llm_takes():
     """transformers >= 5.24 names it `cache` (`past_key_values` deprecated); earlier 5.x only `past_key_values`."""
     from torch import nn
 
-    from sparsecut_core.modeling import _cache_kwarg
+    from sparsecut_core.model.modeling import _cache_kwarg
 
     class Old(nn.Module):
         def forward(self, input_ids=None, past_key_values=None, **kwargs): ...

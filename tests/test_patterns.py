@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsecut_core.patterns import PATTERN_NAMES, build_pattern, resolve_pattern
+from sparsecut_core.model.patterns import PATTERN_NAMES, build_pattern, resolve_pattern
 
 
 def test_sparse_uniform_matches_paper_default_for_vicuna7b():

@@ -2,9 +2,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sparsecut_core.building import build_from_preset
-from sparsecut_core.inference import Chat, Sampling, load_pretrained
-from sparsecut_core.presets import available_presets, load_preset
+from sparsecut_core.presets.build import build_from_preset
+from sparsecut_core.inference.chat import Chat, Sampling
+from sparsecut_core.inference.loading import load_pretrained
+from sparsecut_core.presets.preset import available_presets, load_preset
 
 
 def test_every_shipped_preset_loads_and_validates():
@@ -75,7 +76,7 @@ def test_build_from_preset_with_local_folders(tmp_path):
     from transformers import CLIPImageProcessorPil, CLIPVisionModel, LlamaForCausalLM
 
     from conftest import tiny_text_config, tiny_vision_config
-    from sparsecut_core.tokenizer import TINY_VOCAB, build_word_tokenizer
+    from sparsecut_core.data.tokenizer import TINY_VOCAB, build_word_tokenizer
 
     tokenizer = build_word_tokenizer(TINY_VOCAB, image_token="<unused>")
     CLIPVisionModel(tiny_vision_config()).save_pretrained(tmp_path / "vision")
@@ -94,7 +95,7 @@ def test_build_from_preset_with_local_folders(tmp_path):
 def test_shipped_accelerate_configs_load():
     from accelerate.commands.config.config_args import load_config_from_file
 
-    from sparsecut_core.presets import PRESET_DIR
+    from sparsecut_core.presets.preset import PRESET_DIR
 
     kinds = {path.stem: load_config_from_file(str(path)).distributed_type.value
              for path in sorted((PRESET_DIR / "accelerate").glob("*.yaml"))}
@@ -103,7 +104,7 @@ def test_shipped_accelerate_configs_load():
 
 
 def test_every_preset_stage_makes_a_valid_train_config():
-    from sparsecut_core.training import TrainConfig
+    from sparsecut_core.training.config import TrainConfig
 
     for name in available_presets():
         for stage, values in load_preset(name).train.items():

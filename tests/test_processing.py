@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil
 
-from sparsecut_core.images import expand_to_square, make_views
-from sparsecut_core.processing import SparseCutProcessor, add_image_token
-from sparsecut_core.tokenizer import TINY_VOCAB, build_word_tokenizer
+from sparsecut_core.model.images import expand_to_square, make_views
+from sparsecut_core.model.processing import SparseCutProcessor, add_image_token
+from sparsecut_core.data.tokenizer import TINY_VOCAB, build_word_tokenizer
 
 M_V = 4  # visual tokens per view in these tiny setups
 BASE = 28

@@ -14,12 +14,12 @@ from PIL import Image
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from sparsecut_core import gguf
-from sparsecut_core.building import build_from_preset
-from sparsecut_core.gguf import convert_gguf, resolve_llm_source, wheel_gguf
-from sparsecut_core.labels import IGNORE_INDEX, encode_dialogue
-from sparsecut_core.presets import load_preset
-from sparsecut_core.templates import Turn
+from sparsecut_core.sources import gguf
+from sparsecut_core.presets.build import build_from_preset
+from sparsecut_core.sources.gguf import convert_gguf, resolve_llm_source, wheel_gguf
+from sparsecut_core.data.labels import IGNORE_INDEX, encode_dialogue
+from sparsecut_core.presets.preset import load_preset
+from sparsecut_core.data.templates import Turn
 
 SMOL_VOCAB = 49152  # SmolLM2's vocabulary before <image> is added
 
@@ -112,9 +112,9 @@ def test_chatml_labels_cover_exactly_the_assistant_answers_and_their_end_token(s
 
 def test_a_reply_that_merges_with_chatmls_header_is_reported_not_mis_masked(smol):
     """ChatML's assistant header ends in "\n"; SmolLM2's BPE fuses it with a reply's leading spaces."""
-    from sparsecut_core.batching import encode_records
-    from sparsecut_core.labels import TokenizationMismatch
-    from sparsecut_core.records import BadSample, Record, SkipCounter
+    from sparsecut_core.data.batching import encode_records
+    from sparsecut_core.data.labels import TokenizationMismatch
+    from sparsecut_core.data.records import BadSample, Record, SkipCounter
 
     _, processor = smol
     tokenizer = processor.tokenizer
@@ -133,7 +133,8 @@ def test_a_reply_that_merges_with_chatmls_header_is_reported_not_mis_masked(smol
 
 
 def test_image_token_is_special_embeddings_grow_and_save_reload_gives_same_outputs(smol, tmp_path):
-    from sparsecut_core.inference import Chat, Sampling, load_pretrained
+    from sparsecut_core.inference.chat import Chat, Sampling
+    from sparsecut_core.inference.loading import load_pretrained
 
     model, processor = smol
     tokenizer = processor.tokenizer
@@ -194,9 +195,10 @@ def test_cli_info_shows_the_smollm2_preset():
 
 
 def test_twenty_finetune_steps_on_shapes_lower_the_loss(cache, tmp_path):
-    from sparsecut_core.batching import encode_records
-    from sparsecut_core.records import SkipCounter, load_records
-    from sparsecut_core.training import TrainConfig, train
+    from sparsecut_core.data.batching import encode_records
+    from sparsecut_core.data.records import SkipCounter, load_records
+    from sparsecut_core.training.config import TrainConfig
+    from sparsecut_core.training.loop import train
 
     model, processor = build_from_preset(load_preset("smollm2-135m"), cache_dir=cache)
     # one short sequence per step with LoRA: a full-width step of SmolLM2 costs seconds on 2 cores

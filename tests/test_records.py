@@ -7,11 +7,11 @@ import json
 import pytest
 from PIL import Image
 
-from sparsecut_core.batching import Collator, encode_records, modality_length_batches
-from sparsecut_core.building import build_from_preset
-from sparsecut_core.labels import IGNORE_INDEX
-from sparsecut_core.presets import load_preset
-from sparsecut_core.records import BadSample, SkipCounter, load_records
+from sparsecut_core.data.batching import Collator, encode_records, modality_length_batches
+from sparsecut_core.presets.build import build_from_preset
+from sparsecut_core.data.labels import IGNORE_INDEX
+from sparsecut_core.presets.preset import load_preset
+from sparsecut_core.data.records import BadSample, SkipCounter, load_records
 
 
 def _dialogue(question="<image>\nWhat colour is the circle?", answer="Red."):

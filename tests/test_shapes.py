@@ -12,13 +12,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sparsecut_core import shapes
-from sparsecut_core.images import make_views
-from sparsecut_core.presets import load_preset
-from sparsecut_core.shapes import (
-    ANSWERS, KINDS, SHAPES, SPLITS, Scene, ShapesSample, Thing, render_scene, shapes_sample, shapes_split_size,
-)
-from sparsecut_core.tokenizer import TINY_VOCAB, build_word_tokenizer
+from sparsecut_core.data import shapes
+from sparsecut_core.model.images import make_views
+from sparsecut_core.presets.preset import load_preset
+from sparsecut_core.data.shapes import ANSWERS, KINDS, SHAPES, SPLITS, Scene, ShapesSample, Thing, render_scene, shapes_sample, shapes_split_size
+from sparsecut_core.data.tokenizer import TINY_VOCAB, build_word_tokenizer
 
 N_SAMPLES = {"train": 2000, "validation": 250, "test": 500}  # what the split/vocabulary/balance tests look at
 

@@ -1,6 +1,6 @@
 import pytest
 
-from sparsecut_core.templates import VICUNA_SYSTEM, Turn, render_prompt
+from sparsecut_core.data.templates import Turn, VICUNA_SYSTEM, render_prompt
 
 
 def test_vicuna_v1_matches_llava_conversation_format():

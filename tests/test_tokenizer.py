@@ -6,7 +6,7 @@ import re
 import pytest
 from transformers import AutoTokenizer
 
-from sparsecut_core.tokenizer import TINY_VOCAB, build_word_tokenizer
+from sparsecut_core.data.tokenizer import TINY_VOCAB, build_word_tokenizer
 
 LLAVA_PROMPTS = [
     "A chat between a curious human and an artificial intelligence assistant. "

@@ -13,11 +13,13 @@ import textwrap
 import pytest
 import torch
 
-from sparsecut_core.batching import encode_records
-from sparsecut_core.presets import load_preset
-from sparsecut_core.records import SkipCounter, load_records
-from sparsecut_core.runs import starting_model
-from sparsecut_core.training import NonFiniteLoss, TrainConfig, TrainingInterrupted, make_accelerator, train
+from sparsecut_core.data.batching import encode_records
+from sparsecut_core.presets.preset import load_preset
+from sparsecut_core.data.records import SkipCounter, load_records
+from sparsecut_core.presets.start import starting_model
+from sparsecut_core.training.config import TrainConfig
+from sparsecut_core.training.loop import NonFiniteLoss, TrainingInterrupted, train
+from sparsecut_core.training.setup import make_accelerator
 
 STEPS = dict(per_device_batch_size=4, global_batch_size=8, learning_rate=1e-3, max_length=256)
 
@@ -91,7 +93,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from sparsecut_core.modeling import SparseCutForConditionalGeneration
+    from sparsecut_core.model.modeling import SparseCutForConditionalGeneration
 
     forward = SparseCutForConditionalGeneration.forward
     calls = {"n": 0}
@@ -158,7 +160,7 @@ def test_finetune_from_pretrain_lowers_the_loss_and_trains_the_llm(tmp_path):
 
 
 def test_lora_finetune_saves_a_merged_model(tmp_path):
-    from sparsecut_core.inference import load_pretrained
+    from sparsecut_core.inference.loading import load_pretrained
 
     model, final = _run(tmp_path, stage="finetune", lora_r=4, max_steps=2, learning_rate=1e-2)
     loaded, _ = load_pretrained(final)
@@ -172,7 +174,7 @@ def test_finetune_can_start_from_a_transformers_llava_checkpoint(tmp_path):
     from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration
 
     from conftest import tiny_text_config, tiny_vision_config
-    from sparsecut_core.tokenizer import TINY_VOCAB, build_word_tokenizer
+    from sparsecut_core.data.tokenizer import TINY_VOCAB, build_word_tokenizer
 
     tokenizer = build_word_tokenizer(TINY_VOCAB)
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
@@ -188,7 +190,7 @@ def test_finetune_can_start_from_a_transformers_llava_checkpoint(tmp_path):
     assert processor.num_image_tokens == 16 and processor.image_token_id == image_token_id
     records, images = load_records("shapes:train:2", stage="finetune", image_size=56)
     dataset = encode_records(records, processor, template="vicuna_v1", max_length=512, skips=SkipCounter())
-    from sparsecut_core.batching import Collator
+    from sparsecut_core.data.batching import Collator
 
     batch = Collator(processor, records, images)([dataset[0], dataset[1]])
     batch.pop("bad_samples")
@@ -198,7 +200,7 @@ def test_finetune_can_start_from_a_transformers_llava_checkpoint(tmp_path):
 def test_qlora_trains_lora_beside_a_4bit_base_and_saves_it_merged(tmp_path):
     import bitsandbytes as bnb
 
-    from sparsecut_core.inference import load_pretrained
+    from sparsecut_core.inference.loading import load_pretrained
 
     _, final = _run(tmp_path, stage="finetune", lora_r=4, qlora=True, max_steps=2, learning_rate=1e-2)
     loaded, _ = load_pretrained(final)

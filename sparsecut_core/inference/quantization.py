@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import BitsAndBytesConfig
 
-from .modeling import SparseCutForConditionalGeneration
+from ..model.modeling import SparseCutForConditionalGeneration
 
 QUANTIZE_MODES = ("4bit", "8bit")
 DEVICES = ("auto", "cpu", "cuda")

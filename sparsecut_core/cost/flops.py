@@ -22,9 +22,12 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .configuration import SparseCutConfig, vision_has_cls_token
-from .injection import SHORTCUTS_KWARG, Shortcuts
-from .presets import Preset, load_preset
+from ..data.tokenizer import TINY_VOCAB, build_word_tokenizer
+from ..model.configuration import SparseCutConfig, vision_has_cls_token
+from ..model.injection import SHORTCUTS_KWARG, Shortcuts
+from ..model.modeling import SparseCutForConditionalGeneration
+from ..model.processing import add_image_token
+from ..presets.preset import Preset, load_preset
 
 METHODS = ("llava", "llava-concat", "sparsecut")
 GATED_MLP_LLMS = ("llama", "qwen2", "phi3", "mistral")  # gate, up, down projections: 3 matmuls of D x I
@@ -85,8 +88,6 @@ def context_length(config: SparseCutConfig, text_tokens: int, context_views: int
 
 def meta_model(config: SparseCutConfig):
     """The model on the meta device: shapes and modules only, nothing allocated or downloaded."""
-    from .modeling import SparseCutForConditionalGeneration
-
     with torch.device("meta"):
         return SparseCutForConditionalGeneration(config).eval()
 
@@ -258,9 +259,6 @@ def costing_config(preset: Preset, **overrides) -> SparseCutConfig:
     locally built word tokenizer's for presets with `tokenizer = "word"` (tiny).
     """
     if preset.tokenizer == "word":
-        from .processing import add_image_token
-        from .tokenizer import TINY_VOCAB, build_word_tokenizer
-
         tokenizer = build_word_tokenizer(TINY_VOCAB)
         image_token_id = add_image_token(tokenizer)
         return preset.sparsecut_config(vocab_size=len(tokenizer), image_token_id=image_token_id, **overrides)

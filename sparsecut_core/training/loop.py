@@ -16,26 +16,20 @@ import os
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from .attention import ATTENTION, resolve_attention
-from .batching import Collator, modality_length_batches
-from .checkpoints import (
-    keep_trainable_weights,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    write_json_atomic,
-)
-from .freezing import STAGES, set_trainable
-from .records import BadSample, SkipCounter
+from ..data.batching import Collator, modality_length_batches
+from ..data.records import BadSample, SkipCounter
+from ..files import write_json_atomic
+from ..model.attention import resolve_attention
+from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .setup import make_accelerator, prepare_model, schedule
 
-MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
-LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|qkv_proj|gate_proj|up_proj|down_proj|gate_up_proj)"
 # Fields that must agree between a run and the checkpoint it resumes from.
 _RESUME_KEYS = ("stage", "learning_rate", "global_batch_size", "per_device_batch_size", "seed", "max_length",
                 "template", "lora_r", "qlora", "unfreeze_vision")
@@ -49,75 +43,6 @@ class TrainingInterrupted(RuntimeError):
     """Ctrl-C: a checkpoint was saved first; `--resume` continues from it."""
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    stage: str
-    output_dir: str
-    learning_rate: float
-    global_batch_size: int
-    per_device_batch_size: int = 4
-    epochs: float = 1.0
-    max_steps: int | None = None  # overrides epochs when set
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    max_length: int = 2048
-    template: str = "vicuna_v1"
-    seed: int = 0
-    save_every: int = 500  # optimizer steps between checkpoints
-    keep_last: int = 2
-    mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, else fp32
-    gradient_checkpointing: bool = False
-    attention: str = "auto"  # auto: flash_attention_2 on CUDA in bf16/fp16 when flash-attn is installed, else sdpa
-    unfreeze_vision: bool = False
-    lora_r: int = 0  # 0: full finetuning of the LLM; > 0: LoRA of this rank (peft)
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    qlora: bool = False  # LoRA over a 4-bit NF4 base LLM (bitsandbytes)
-    on_bad_sample: str = "error"
-    num_workers: int = 0
-
-    def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ValueError(f"stage: expected one of {', '.join(STAGES)}, got {self.stage!r}")
-        for name in ("global_batch_size", "per_device_batch_size", "save_every", "max_length"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
-        if self.learning_rate <= 0 or self.epochs <= 0:
-            raise ValueError("learning_rate and epochs must be positive")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio: expected a value in [0, 1), got {self.warmup_ratio}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise ValueError(f"max_steps: expected a positive integer, got {self.max_steps}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision: expected one of {', '.join(MIXED_PRECISION)}")
-        if self.attention not in ATTENTION:
-            raise ValueError(f"attention: expected one of {', '.join(ATTENTION)}, got {self.attention!r}")
-        if self.lora_r and self.stage != "finetune":
-            raise ValueError("lora_r: LoRA applies to the finetune stage (the LLM is frozen in pretraining)")
-        if self.qlora and not self.lora_r:
-            raise ValueError("qlora: needs a LoRA rank (--lora R) to train beside the 4-bit base")
-        SkipCounter(self.on_bad_sample)  # validates the policy
-
-    def accumulation_steps(self, world_size: int) -> int:
-        """Micro-batches per optimizer step on each process: global = per_device * world * steps."""
-        per_step = self.per_device_batch_size * world_size
-        if self.global_batch_size % per_step:
-            raise ValueError(
-                f"global_batch_size {self.global_batch_size} is not a multiple of per_device_batch_size "
-                f"{self.per_device_batch_size} x {world_size} processes"
-            )
-        return self.global_batch_size // per_step
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training options: {', '.join(unknown)}")
-        return cls(**data)
-
-
 @dataclass
 class StepLog:
     step: int
@@ -129,64 +54,6 @@ class StepLog:
     samples_per_s: float
     tokens_per_s: float
     elapsed_s: float
-
-
-def _mixed_precision(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
-def make_accelerator(config: TrainConfig, cpu: bool = False, log_dir: str | None = None):
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-
-    # Text-only batches leave the adapter unused, which DDP must be told about.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=config.stage == "finetune")
-    tracker = "tensorboard" if log_dir is not None and _has_tensorboard() else None
-    accelerator = Accelerator(
-        cpu=cpu, mixed_precision=_mixed_precision(config.mixed_precision), kwargs_handlers=[ddp],
-        log_with=tracker, project_dir=log_dir,
-        # our scheduler counts optimizer steps; accelerate would step it once per process
-        step_scheduler_with_optimizer=False,
-    )
-    accelerator.register_save_state_pre_hook(keep_trainable_weights)
-    return accelerator
-
-
-def _has_tensorboard() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("tensorboard") is not None
-
-
-def prepare_model(model, config: TrainConfig, device: torch.device | None = None, precision: str = "no"):
-    """Pick the attention kernel, quantize the base for QLoRA, freeze per stage, add LoRA, gradient checkpointing."""
-    model.set_attn_implementation(resolve_attention(config.attention, device or torch.device("cpu"), precision))
-    if config.qlora:
-        from .quantization import load_quantized
-
-        model = load_quantized(model, "4bit", device or torch.device("cpu"))
-    set_trainable(model, config.stage, config.unfreeze_vision)
-    if config.lora_r:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                          target_modules=LORA_TARGETS)
-        model = get_peft_model(model, lora)
-        for name, param in model.named_parameters():  # peft froze everything that is not LoRA
-            if ".adapter." in name or (config.unfreeze_vision and ".vision_tower." in name):
-                param.requires_grad_(True)
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    return model
-
-
-def _schedule(optimizer, config: TrainConfig, total_steps: int):
-    from transformers import get_cosine_schedule_with_warmup
-
-    warmup = math.ceil(config.warmup_ratio * total_steps)
-    return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -248,7 +115,7 @@ def train(
     model = prepare_model(model, config, accelerator.device, accelerator.mixed_precision)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = _schedule(optimizer, config, total_steps)
+    scheduler = schedule(optimizer, config, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     step, epoch, position = 0, 0, 0  # position: micro-batches of this epoch already consumed (all processes)

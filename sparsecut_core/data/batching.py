@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
+from ..model.processing import SparseCutProcessor
 from .labels import IGNORE_INDEX, TokenizationMismatch, encode_dialogue
-from .processing import SparseCutProcessor
 from .records import BadSample, ImageSource, Record, SkipCounter, records_fingerprint
 from .templates import IMAGE_PLACEHOLDER, Turn
 

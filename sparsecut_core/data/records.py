@@ -17,7 +17,8 @@ from typing import Any
 
 from PIL import Image
 
-from .images import load_image
+from ..model.images import load_image
+from .shapes import SPLITS, shapes_sample, shapes_split_size
 from .templates import IMAGE_PLACEHOLDER, Turn
 
 ROLES = ("human", "gpt")
@@ -150,8 +151,6 @@ def _raw_from_datasets(path: Path) -> tuple[list[tuple[Any, str]], Any]:
 
 def _raw_shapes(spec: str, stage: str, image_size: int) -> list[tuple[Any, str]]:
     """`shapes`, `shapes:SPLIT` or `shapes:SPLIT:N`: captions for pretrain, dialogues for finetune."""
-    from .shapes import SPLITS, shapes_sample, shapes_split_size
-
     parts = spec.split(":")
     split = parts[1] if len(parts) > 1 else "train"
     if split not in SPLITS or len(parts) > 3:
@@ -180,8 +179,6 @@ class ImageSource:
         ref = record.image
         try:
             if ref.startswith("shapes:"):
-                from .shapes import shapes_sample
-
                 _, split, index = ref.split(":")
                 return shapes_sample(split, int(index), self.shapes_size).image
             if ref.startswith("row:"):

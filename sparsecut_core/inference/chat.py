@@ -20,42 +20,11 @@ import torch
 from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
-from .attention import resolve_attention
-from .files import write_json_atomic
-from .images import load_image
-from .modeling import SparseCutForConditionalGeneration
-from .processing import ImageLike, SparseCutProcessor
-from .quantization import load_quantized, place, resolve_device
-from .runs import resolve_model_dir
-from .templates import IMAGE_PLACEHOLDER, Turn, render_prompt
-
-
-def load_pretrained(
-    path: str | Path,
-    dtype: torch.dtype | None = None,
-    *,
-    device: str | torch.device | None = None,
-    quantize: str | None = None,
-) -> tuple[SparseCutForConditionalGeneration, SparseCutProcessor]:
-    """A model and processor saved together with `save_pretrained` in one folder (or a training run's folder).
-
-    Without `device` the model stays where transformers loads it (CPU, saved or given dtype);
-    with it, it moves there in its inference dtype. `quantize` ("4bit"/"8bit") quantizes
-    the LLM with bitsandbytes on `device` (default auto), see quantization.py.
-    """
-    path = resolve_model_dir(path)
-    processor = SparseCutProcessor.from_pretrained(path)
-    if quantize is not None:
-        model = load_quantized(path, quantize, resolve_device(device or "auto"))
-    else:
-        model = SparseCutForConditionalGeneration.from_pretrained(path, dtype=dtype)
-        if device is None:
-            return model.eval(), processor
-        target = resolve_device(device)
-        model = place(model, target) if dtype is None else model.to(target)
-    # flash-attention 2 where it runs (a GPU, half precision, flash-attn installed), else SDPA
-    model.set_attn_implementation(resolve_attention("auto", model.device, model.dtype))
-    return model.eval(), processor
+from ..data.templates import IMAGE_PLACEHOLDER, Turn, render_prompt
+from ..files import write_json_atomic
+from ..model.images import load_image
+from ..model.modeling import SparseCutForConditionalGeneration
+from ..model.processing import ImageLike, SparseCutProcessor
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
-from .configuration import SparseCutConfig
-from .training import TrainConfig
+from ..model.configuration import SparseCutConfig
+from ..training.config import TrainConfig
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
+PRESET_DIR = Path(__file__).resolve().parents[2] / "presets"
 
 _TOP_KEYS = {"name", "description", "template", "tokenizer", "vision", "llm", "image_processor", "sparsecut", "train"}
 _PART_KEYS = {"source", "config"}

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import functools
 import inspect
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    LlavaForConditionalGeneration,
+    PreTrainedModel,
+)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .adapter import CrossAttention, ShortcutAdapters
 from .configuration import SparseCutConfig, vision_has_cls_token
 from .freezing import set_trainable
 from .injection import SHORTCUTS_KWARG, Shortcuts, wrap_decoder_layers
+from .llava import causal_lm_from_parts, config_from_llava
+from .parts import load_kwargs, load_language_model, load_vision_tower
 
 
 class SparseCutPreTrainedModel(PreTrainedModel):
@@ -74,20 +84,63 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
         self.language_model = language_model
         self.post_init()
 
-    # --- builders and training stages (see building.py, freezing.py) ---
+    # --- builders (parts.py, llava.py) and training stages (freezing.py) ---
     @classmethod
-    def from_llava(cls, llava, **overrides) -> "SparseCutForConditionalGeneration":
-        """From a transformers LlavaForConditionalGeneration (or its folder); no overrides = the same model."""
-        from .building import from_llava
-
-        return from_llava(llava, **overrides)
+    def from_parts(
+        cls, vision_tower: PreTrainedModel, language_model: PreTrainedModel, image_token_id: int, **config: Any
+    ) -> "SparseCutForConditionalGeneration":
+        """Around an existing vision tower and causal LM, with a freshly initialised adapter; `config`: the design."""
+        # the parts' configs are shared with the new config, which would reset their attention backend
+        config.setdefault("attn_implementation", language_model.config._attn_implementation)
+        sparsecut_config = SparseCutConfig(
+            vision_config=vision_tower.config,
+            text_config=language_model.config,
+            image_token_id=image_token_id,
+            **config,
+        )
+        return cls(sparsecut_config, vision_tower, language_model).to(language_model.dtype)
 
     @classmethod
-    def from_pretrained_parts(cls, vision, llm, **config) -> "SparseCutForConditionalGeneration":
-        """From a pretrained vision tower and causal LM (hub ids or folders), adapter freshly initialised."""
-        from .building import from_pretrained_parts
+    def from_pretrained_parts(
+        cls,
+        vision: str | Path,
+        llm: str | Path,
+        *,
+        image_token_id: int | None = None,
+        dtype: torch.dtype | str | None = None,
+        attn_implementation: str | None = None,
+        **config: Any,
+    ) -> "SparseCutForConditionalGeneration":
+        """From a pretrained vision tower and causal LM (hub ids or folders), adapter freshly initialised.
 
-        return from_pretrained_parts(vision, llm, **config)
+        How pretraining starts. `image_token_id` defaults to the id `add_image_token` gives the
+        LLM's tokenizer; the LLM's embeddings grow to hold it.
+        """
+        kwargs = load_kwargs(dtype, attn_implementation)
+        vision_tower = load_vision_tower(vision, **kwargs)
+        language_model, image_token_id = load_language_model(llm, image_token_id, **kwargs)
+        return cls.from_parts(vision_tower, language_model, image_token_id, **config)
+
+    @classmethod
+    def from_llava(
+        cls, llava: LlavaForConditionalGeneration | str | Path, **overrides: Any
+    ) -> "SparseCutForConditionalGeneration":
+        """From a transformers LlavaForConditionalGeneration (or its folder); no overrides = the same model.
+
+        The modules are taken over, not copied: deep-copy the LLaVA model first if you
+        still need it unchanged. New adapter parts (fusion block, extra adapters) are
+        freshly initialised; every adapter starts from the LLaVA projector.
+        """
+        if not isinstance(llava, LlavaForConditionalGeneration):
+            llava = LlavaForConditionalGeneration.from_pretrained(llava)
+        overrides.setdefault("attn_implementation", llava.config._attn_implementation)
+        config = config_from_llava(llava.config, **overrides)
+        language_model = causal_lm_from_parts(config.text_config, llava.model.language_model, llava.lm_head)
+        model = cls(config, llava.model.vision_tower, language_model)
+        projector_state = llava.model.multi_modal_projector.state_dict()
+        for adapter in model.adapter.adapters:
+            adapter.projector.load_state_dict(projector_state)
+        return model.to(llava.dtype)
 
     def set_trainable(self, stage: str, unfreeze_vision: bool = False) -> list[str]:
         """Freezes all but the stage's parts (pretrain: adapter; finetune: + LLM); returns trainable names."""

@@ -5,31 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
-from .modeling import SparseCutForConditionalGeneration
-from .presets import Preset
-from .processing import SparseCutProcessor, add_image_token
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """A saved model folder, or a training run's folder (whose final model is in `model/`)."""
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    if (path / "model" / "config.json").is_file():
-        return path / "model"
-    raise ValueError(f"{path} is not a saved sparsecut model (no config.json, nor model/config.json of a training run)")
+from ..inference.loading import resolve_model_dir
+from ..model.modeling import SparseCutForConditionalGeneration
+from ..model.processing import SparseCutProcessor, add_image_token
+from .build import build_from_preset
+from .preset import Preset
 
 
 def from_llava_checkpoint(
     path: str | Path, template: str, **overrides
 ) -> tuple[SparseCutForConditionalGeneration, SparseCutProcessor]:
     """A SparseCut model and processor from a transformers LLaVA checkpoint (the adapter starts from its projector)."""
-    from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
-
-    from .building import from_llava
-
-    model = from_llava(LlavaForConditionalGeneration.from_pretrained(path), **overrides)
+    model = SparseCutForConditionalGeneration.from_llava(LlavaForConditionalGeneration.from_pretrained(path), **overrides)
     tokenizer = AutoTokenizer.from_pretrained(path)
     add_image_token(tokenizer)  # LLaVA's tokenizer already holds <image>: a no-op then
     processor = SparseCutProcessor.from_parts(
@@ -53,7 +42,7 @@ def starting_model(
 ) -> tuple[SparseCutForConditionalGeneration, SparseCutProcessor]:
     """The model a stage trains: `init_from` (a saved model or run), a LLaVA checkpoint, or the preset built fresh.
 
-    `cache_dir` holds GGUF sources converted for transformers (gguf.py).
+    `cache_dir` holds GGUF sources converted for transformers (sources/gguf.py).
     """
     if init_from is not None and from_llava is not None:
         raise ValueError("give --from or --from-llava, not both")
@@ -64,8 +53,6 @@ def starting_model(
     elif from_llava is not None:
         model, processor = from_llava_checkpoint(from_llava, template or preset.template, **preset.sparsecut)
     else:
-        from .building import build_from_preset
-
         torch.manual_seed(seed)
         model, processor = build_from_preset(preset, vision=vision, llm=llm, seed=seed, cache_dir=cache_dir)
     if template is not None:

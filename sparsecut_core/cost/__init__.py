@@ -1,0 +1,1 @@
+"""What a setup costs: parameters and FLOPs, measured and by formula, against token concatenation."""

@@ -1,0 +1,69 @@
+"""Getting a model and an accelerator ready to train: precision, attention kernel, QLoRA base, freezing, LoRA."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from ..inference.quantization import load_quantized
+from ..model.attention import resolve_attention
+from ..model.freezing import set_trainable
+from .checkpoints import keep_trainable_weights
+from .config import TrainConfig
+
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|qkv_proj|gate_proj|up_proj|down_proj|gate_up_proj)"
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def make_accelerator(config: TrainConfig, cpu: bool = False, log_dir: str | None = None):
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    # Text-only batches leave the adapter unused, which DDP must be told about.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=config.stage == "finetune")
+    tracker = "tensorboard" if log_dir is not None and _has_tensorboard() else None
+    accelerator = Accelerator(
+        cpu=cpu, mixed_precision=_mixed_precision(config.mixed_precision), kwargs_handlers=[ddp],
+        log_with=tracker, project_dir=log_dir,
+        # our scheduler counts optimizer steps; accelerate would step it once per process
+        step_scheduler_with_optimizer=False,
+    )
+    accelerator.register_save_state_pre_hook(keep_trainable_weights)
+    return accelerator
+
+
+def _has_tensorboard() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def prepare_model(model, config: TrainConfig, device: torch.device | None = None, precision: str = "no"):
+    """Pick the attention kernel, quantize the base for QLoRA, freeze per stage, add LoRA, gradient checkpointing."""
+    model.set_attn_implementation(resolve_attention(config.attention, device or torch.device("cpu"), precision))
+    if config.qlora:
+        model = load_quantized(model, "4bit", device or torch.device("cpu"))
+    set_trainable(model, config.stage, config.unfreeze_vision)
+    if config.lora_r:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=LORA_TARGETS)
+        model = get_peft_model(model, lora)
+        for name, param in model.named_parameters():  # peft froze everything that is not LoRA
+            if ".adapter." in name or (config.unfreeze_vision and ".vision_tower." in name):
+                param.requires_grad_(True)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return model
+
+
+def schedule(optimizer, config: TrainConfig, total_steps: int):
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+    return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
