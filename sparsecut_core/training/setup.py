@@ -6,7 +6,6 @@ import importlib.util
 import math
 
 import torch
-from transformers import get_cosine_schedule_with_warmup
 
 from ..inference.quantization import load_quantized
 from ..model.attention import resolve_attention
@@ -65,5 +64,8 @@ def prepare_model(model, config: TrainConfig, device: torch.device | None = None
 
 
 def schedule(optimizer, config: TrainConfig, total_steps: int):
+    # imported here: transformers.optimization pulls in peft and bitsandbytes (~2 s) for every command
+    from transformers import get_cosine_schedule_with_warmup
+
     warmup = math.ceil(config.warmup_ratio * total_steps)
     return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
