@@ -30,7 +30,7 @@ demo: install
 	$(BIN)/sparsecut finetune --preset tiny --from $(DEMO_DIR)/pretrain --output $(DEMO_DIR)/finetune --resume
 	$(BIN)/sparsecut build --preset tiny --out $(DEMO_DIR)/untrained
 	$(BIN)/sparsecut eval $(DEMO_DIR)/untrained --benchmark shapes --max-new-tokens 8 --out $(DEMO_DIR)/untrained/eval
-	$(BIN)/sparsecut eval $(DEMO_DIR)/finetune --benchmark shapes --max-new-tokens 8 --out $(DEMO_DIR)/eval
+	$(BIN)/sparsecut eval $(DEMO_DIR)/finetune --benchmark shapes --max-new-tokens 8 --image-ablation --out $(DEMO_DIR)/eval
 	$(BIN)/sparsecut eval compare $(DEMO_DIR)/untrained/eval $(DEMO_DIR)/eval
 	$(BIN)/sparsecut shapes $(DEMO_DIR)/shapes.png --split test --index 3
 	$(BIN)/sparsecut chat $(DEMO_DIR)/shapes.png --model $(DEMO_DIR)/finetune \

@@ -63,6 +63,8 @@ def _show_report(report) -> None:
     for metric, value in report.metrics.items():
         table.add_row(metric, _fmt(value))
     console.print(table)
+    if report.ablations:
+        _show_ablation(report)
     console.print(f"answers: {report.generated} new, {report.reused} from earlier runs -> {report.answers_path}",
                   highlight=False)
     if report.metrics.get("missing"):
@@ -75,6 +77,25 @@ def _show_report(report) -> None:
     if report.submission_path is not None:
         console.print(f"server submission file: {report.submission_path}", highlight=False)
     console.print(f"results: {report.results_path}", highlight=False)
+
+
+def _show_ablation(report) -> None:
+    """The headline score with the true images beside the deranged and blank ones: a model that looks loses."""
+    from sparsecut_core.evaluation.results import headline
+
+    metric = headline(report.benchmark, report.metrics)
+    if metric is None:
+        return
+    table = Table(title=f"image ablation ({metric})", show_header=True)
+    for column in ("images", "score", "vs true"):
+        table.add_column(column, justify="left" if column == "images" else "right")
+    true = report.metrics[metric]
+    table.add_row("true", _fmt(true), "")
+    for condition, scores in report.ablations.items():
+        value = scores.get(metric)
+        table.add_row(condition, _fmt(value) if value is not None else "-",
+                      f"{value - true:+.1f}" if value is not None else "")
+    console.print(table)
 
 
 @eval_app.command("run")
@@ -97,6 +118,9 @@ def run(
     load_4bit: bool = typer.Option(False, "--load-4bit", help="LLM in 4-bit NF4 (bitsandbytes)"),
     load_8bit: bool = typer.Option(False, "--load-8bit", help="LLM in 8-bit (bitsandbytes LLM.int8())"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    image_ablation: bool = typer.Option(False, "--image-ablation", help="also answer every question with another "
+                                        "question's image and with a blank one, and score both beside the true "
+                                        "images (does the model look?)"),
 ) -> None:
     """Answer a benchmark's questions with MODEL_DIR (resuming an earlier run) and score them."""
     from sparsecut_core.evaluation.benchmarks import get_benchmark
@@ -109,7 +133,9 @@ def run(
         datasets.disable_progress_bars()  # the CLI shows its own progress
     out = out if out is not None else model_dir / "eval"
     settings = EvalSettings(batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit,
-                            on_bad_sample=on_bad_sample.value, split=split)
+                            on_bad_sample=on_bad_sample.value, split=split, image_ablation=image_ablation)
+    if score_only and image_ablation:
+        raise ValueError("--image-ablation asks the model again; it does not go with --score-only")
     if score_only:
         report = score_answers(benchmark, out_dir=out, data=data, answers_path=answers, model_dir=model_dir,
                                settings=settings)

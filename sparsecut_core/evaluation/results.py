@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_json_atomic
+from .ablation import base_benchmark
 from .benchmarks import BENCHMARKS
 
 
@@ -105,7 +106,8 @@ def _run_name(results_path: Path) -> str:
 
 def headline(benchmark: str, scores: dict[str, float]) -> str | None:
     """The metric the paper reports for a benchmark (else its first score)."""
-    known = BENCHMARKS[benchmark].headline if benchmark in BENCHMARKS else None
+    base = base_benchmark(benchmark)  # an ablated run (`shapes@deranged`) has its benchmark's headline
+    known = BENCHMARKS[base].headline if base in BENCHMARKS else None
     if known in scores:
         return known
     return next((k for k, v in scores.items() if k not in COUNT_KEYS and isinstance(v, (int, float))), None)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_json_atomic
+from .ablation import ABLATIONS, ablated, ablated_benchmark
 from .answers import ANSWERS_FILE, Progress, drop_torn_tail, first_model_id, generate_answers, match_answers, \
     read_answers
 from .benchmarks import get_benchmark
@@ -28,6 +29,7 @@ class EvalSettings:
     limit: int | None = None  # the first N questions only (all rotations of a circular question count as one)
     on_bad_sample: str = "error"  # or "skip": leave out (and count) unreadable records and missing images
     split: str | None = None  # for Hugging Face datasets with several splits
+    image_ablation: bool = False  # also answer with deranged and with blank images (ablation.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -51,6 +53,7 @@ class EvalReport:
     reused: int = 0  # answers found in the answers file from an earlier run
     skipped: list[str] = field(default_factory=list)  # bad samples left out, one message each
     submission_path: Path | None = None  # the file for the benchmark's evaluation server
+    ablations: dict[str, dict[str, float]] = field(default_factory=dict)  # condition -> scores (image_ablation)
 
 
 def limit_questions(samples: list[Sample], limit: int | None) -> list[Sample]:
@@ -102,26 +105,55 @@ def evaluate(
     bench = get_benchmark(benchmark)
     samples, skipped = select_samples(bench.load(data, settings.split, settings.limit), settings, asking=True)
     answers_path = Path(out_dir) / bench.name / ANSWERS_FILE
+    info = run_info(model_dir, model)
+    check_same_model(Path(out_dir) / RESULTS_FILE, info)  # before reusing its answers or spending time on new ones
+    generated, left_out, todo = _answer_missing(model, processor, samples, answers_path, info, bench.name, settings,
+                                                progress)
+    dropped = {id(s) for s, _ in left_out}
+    samples = [s for s in samples if id(s) not in dropped]
+    report = _score_and_record(bench, samples, answers_path, Path(out_dir), data, info, settings,
+                               skipped + [why for _, why in left_out], loose=False)
+    report.generated, report.reused = generated, len(samples) + len(left_out) - todo
+    if settings.image_ablation:
+        for condition in ABLATIONS:
+            changed = ablated(samples, condition)  # every image was readable in the true-image pass
+            path = answers_path.with_name(f"answers.{condition}.jsonl")
+            name = ablated_benchmark(bench.name, condition)
+            new, _, _ = _answer_missing(model, processor, changed, path, info, name, settings, progress)
+            answers, bad = read_answers(path)
+            _check_bad(bad, settings.on_bad_sample)
+            found = match_answers(changed, answers)
+            scored = [(s, text) for s, text in zip(changed, found) if text is not None]
+            scores = bench.score([s for s, _ in scored], [text for _, text in scored]) if scored else {}
+            report.ablations[condition] = scores
+            write_results(Path(out_dir) / RESULTS_FILE, name, scores, info)
+            report.generated += new
+    return report
+
+
+def _answer_missing(
+    model: Any,
+    processor: Any,
+    samples: list[Sample],
+    answers_path: Path,
+    info: RunInfo,
+    benchmark: str,
+    settings: EvalSettings,
+    progress: Progress | None,
+) -> tuple[int, list[tuple[Sample, str]], int]:
+    """Answer the samples not yet in `answers_path`: (answers written, samples left out with why, questions asked)."""
     answers_path.parent.mkdir(parents=True, exist_ok=True)
     earlier: list[dict] = []
     if answers_path.exists():
         drop_torn_tail(answers_path)
         earlier, bad = read_answers(answers_path)
         _check_bad(bad, settings.on_bad_sample)
-    info = run_info(model_dir, model)
-    check_same_model(Path(out_dir) / RESULTS_FILE, info)  # before reusing its answers or spending time on new ones
-    answered = match_answers(samples, earlier)
-    todo = [s for s, text in zip(samples, answered) if text is None]
+    todo = [s for s, text in zip(samples, match_answers(samples, earlier)) if text is None]
     generated, left_out = generate_answers(model, processor, todo, answers_path, model_id=info.model_id,
-                                           benchmark=bench.name, batch_size=settings.batch_size,
+                                           benchmark=benchmark, batch_size=settings.batch_size,
                                            max_new_tokens=settings.max_new_tokens,
                                            on_bad_sample=settings.on_bad_sample, progress=progress)
-    dropped = {id(s) for s, _ in left_out}
-    samples = [s for s in samples if id(s) not in dropped]
-    report = _score_and_record(bench, samples, answers_path, Path(out_dir), data, info, settings,
-                               skipped + [why for _, why in left_out], loose=False)
-    report.generated, report.reused = generated, len(samples) + len(left_out) - len(todo)
-    return report
+    return generated, left_out, len(todo)
 
 
 def score_only(
