@@ -23,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..data.tokenizer import TINY_VOCAB, build_word_tokenizer
-from ..model.configuration import SparseCutConfig, vision_has_cls_token
+from ..model.configuration import SparseCutConfig, vision_prefix_tokens
 from ..model.injection import SHORTCUTS_KWARG, Shortcuts
 from ..model.modeling import SparseCutForConditionalGeneration
 from ..model.processing import add_image_token
@@ -202,7 +202,7 @@ def vision_formula(config: SparseCutConfig, views: int) -> int:
         raise ValueError(f"the FLOPs formula covers {FORMULA_VISION} towers, not {vision.model_type!r}")
     d, inner = vision.hidden_size, vision.intermediate_size
     patch, patches = vision.patch_size, config.patches_per_view
-    tokens = patches + (1 if vision_has_cls_token(vision) else 0)  # the class token runs through every layer
+    tokens = patches + vision_prefix_tokens(vision)  # class (and register) tokens run through every layer
     conv = 2 * patches * getattr(vision, "num_channels", 3) * patch * patch * d
     projections = 2 * tokens * 4 * d * d  # q, k, v, out
     attention = 2 * 2 * tokens * tokens * d  # QK^T and AV over all heads

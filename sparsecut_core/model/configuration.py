@@ -15,9 +15,16 @@ ADAPTER_SHARING = ("shared", "per-shortcut")
 FEATURE_SELECT = ("patch", "full")
 
 
-def vision_has_cls_token(vision_config: PreTrainedConfig) -> bool:
-    # CLIP-style towers prepend a class token; SigLIP and most others do not
-    return vision_config.model_type in ("clip_vision_model", "clip")
+def vision_prefix_tokens(vision_config: PreTrainedConfig) -> int:
+    """Tokens a tower puts before its patch tokens: CLIP's and DINOv2's class token, DINOv2's registers.
+
+    SigLIP and most others have none.
+    """
+    if vision_config.model_type in ("clip_vision_model", "clip", "dinov2"):
+        return 1
+    if vision_config.model_type == "dinov2_with_registers":
+        return 1 + vision_config.num_register_tokens
+    return 0
 
 
 @strict
@@ -124,7 +131,7 @@ class SparseCutConfig(PreTrainedConfig):
     @property
     def num_image_tokens(self) -> int:
         """M_v: LLM positions per image (one low-res view, whatever `hi_res` is)."""
-        extra = 1 if self.vision_feature_select == "full" and vision_has_cls_token(self.vision_config) else 0
+        extra = vision_prefix_tokens(self.vision_config) if self.vision_feature_select == "full" else 0
         return self.patches_per_view + extra
 
 

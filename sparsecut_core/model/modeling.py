@@ -24,7 +24,7 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .adapter import CrossAttention, ShortcutAdapters
-from .configuration import SparseCutConfig, vision_has_cls_token
+from .configuration import SparseCutConfig, vision_prefix_tokens
 from .freezing import set_trainable
 from .injection import SHORTCUTS_KWARG, Shortcuts, wrap_decoder_layers
 from .llava import causal_lm_from_parts, config_from_llava
@@ -181,10 +181,18 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
             # only the source layers' hidden states are kept (the others come back as None)
             out = self.vision_tower(pixel_values.flatten(0, 1).to(dtype), output_hidden_states=self.config.source_layers)
-        drop_cls = self.config.vision_feature_select == "patch" and vision_has_cls_token(self.config.vision_config)
+        # `patch` features drop the class (and register) tokens; `full` keeps them
+        skip = vision_prefix_tokens(self.config.vision_config) if self.config.vision_feature_select == "patch" else 0
         low, high = {}, {}
         for i in self.config.source_layers:
-            h = out.hidden_states[i][:, 1:] if drop_cls else out.hidden_states[i]
+            h = out.hidden_states[i][:, skip:]
+            if h.shape[1] != self.config.num_image_tokens:
+                raise ValueError(
+                    f"the vision tower gives {h.shape[1]} feature tokens per view for {tuple(pixel_values.shape[-2:])} "
+                    f"pixels, but the config has M_v = {self.config.num_image_tokens} image tokens per view "
+                    f"(vision_config image_size {self.config.vision_config.image_size}, patch_size "
+                    f"{self.config.vision_config.patch_size}): the processor's image size and the config disagree"
+                )
             h = h.reshape(n, views, h.shape[1], h.shape[2])
             low[i] = h[:, 0]
             high[i] = h[:, 1:].flatten(1, 2)
