@@ -57,7 +57,7 @@ def info(
         name = preset or "tiny"
     table = Table(title=f"SparseCut: {name}", show_header=False)
     table.add_row("vision", f"{config.vision_config.model_type}, {config.num_vit_layers} layers, "
-                            f"width {config.vision_config.hidden_size}, {config.vision_config.image_size} px")
+                            f"width {config.vision_config.hidden_size}, {config.view_size} px")
     table.add_row("llm", f"{config.text_config.model_type}, {config.num_llm_layers} layers, "
                          f"width {config.text_config.hidden_size}")
     pattern = config.pattern if isinstance(config.pattern, str) else "explicit"

@@ -142,10 +142,10 @@ class MetaCounter:
         return Flops(vision=vision, adapter=adapter, llm=llm)
 
     def _vision(self, model, config: SparseCutConfig, views: int) -> int:
-        key = ("vision", config.vision_config.to_json_string(), views)
+        key = ("vision", config.vision_config.to_json_string(), config.view_size, views)
         if key not in self._passes:
             vision = config.vision_config
-            side, channels = vision.image_size, getattr(vision, "num_channels", 3)
+            side, channels = config.view_size, getattr(vision, "num_channels", 3)
             pixel_values = torch.empty(views, channels, side, side, device="meta")  # every view of every image
             # what `vision_features` runs; called directly because its view-count check ties it to one layout
             self._passes[key], _ = _counted(

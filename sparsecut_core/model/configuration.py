@@ -40,7 +40,9 @@ class SparseCutConfig(PreTrainedConfig):
     adapter_sharing: `shared` (one adapter for all shortcuts) or `per-shortcut`.
     adapter_ffn: add a ViT-width feed-forward inside the block (off in the paper).
     adapter_num_heads: attention heads of the block (default: the ViT's).
-    vision_feature_select: `patch` drops the CLS token (LLaVA's default), `full` keeps it.
+    vision_feature_select: `patch` drops the CLS (and register) tokens (LLaVA's default), `full` keeps them.
+    image_size: the side of each view in pixels (default: the tower's `vision_config.image_size`); a tower that
+        interpolates its position embeddings (DINOv2) can work at another size than it was pretrained at.
     """
 
     model_type = "sparsecut"
@@ -64,6 +66,7 @@ class SparseCutConfig(PreTrainedConfig):
     projector_bias: bool = True
     vision_feature_select: Literal["patch", "full"] = "patch"
     tie_word_embeddings: bool = False
+    image_size: int | None = None
 
     def __post_init__(self, **kwargs):
         if self.crop_grid is None:
@@ -96,9 +99,11 @@ class SparseCutConfig(PreTrainedConfig):
 
     def _check_patch_grid(self) -> None:
         # every view (low-res and each crop) is a base-size image that the patch grid must tile exactly
-        image_size, patch_size = self.vision_config.image_size, self.vision_config.patch_size
-        if image_size % patch_size:
-            raise ValueError(f"vision_config.image_size={image_size} is not a multiple of patch_size={patch_size}")
+        field = "image_size" if self.image_size is not None else "vision_config.image_size"
+        if not isinstance(self.view_size, int) or self.view_size < 1:
+            raise ValueError(f"{field} must be a positive int, got {self.view_size!r}")
+        if self.view_size % self.vision_config.patch_size:
+            raise ValueError(f"{field}={self.view_size} is not a multiple of patch_size={self.vision_config.patch_size}")
 
     @property
     def num_vit_layers(self) -> int:
@@ -124,8 +129,13 @@ class SparseCutConfig(PreTrainedConfig):
         return 1 + rows * cols if self.hi_res else 1
 
     @property
+    def view_size(self) -> int:
+        """The side of one view in pixels: `image_size` if set, else the tower's own."""
+        return self.image_size if self.image_size is not None else self.vision_config.image_size
+
+    @property
     def patches_per_view(self) -> int:
-        side = self.vision_config.image_size // self.vision_config.patch_size
+        side = self.view_size // self.vision_config.patch_size
         return side * side
 
     @property

@@ -190,8 +190,8 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
                 raise ValueError(
                     f"the vision tower gives {h.shape[1]} feature tokens per view for {tuple(pixel_values.shape[-2:])} "
                     f"pixels, but the config has M_v = {self.config.num_image_tokens} image tokens per view "
-                    f"(vision_config image_size {self.config.vision_config.image_size}, patch_size "
-                    f"{self.config.vision_config.patch_size}): the processor's image size and the config disagree"
+                    f"(views of {self.config.view_size} px, patch_size {self.config.vision_config.patch_size}): "
+                    f"the processor's image size and the config's image_size disagree"
                 )
             h = h.reshape(n, views, h.shape[1], h.shape[2])
             low[i] = h[:, 0]

