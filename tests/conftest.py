@@ -8,6 +8,8 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 
 from sparsecut_core.model.configuration import SparseCutConfig
 from sparsecut_core.model.modeling import SparseCutForConditionalGeneration
+from sparsecut_core.presets.build import build_from_preset
+from sparsecut_core.presets.preset import load_preset
 
 IMAGE_TOKEN = 99
 VOCAB = 100
@@ -72,3 +74,13 @@ def pixels() -> torch.Tensor:
 @pytest.fixture
 def hires_pixels() -> torch.Tensor:
     return torch.randn(2, 5, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(model, processor, saved folder) of the tiny preset's random model, built once per test module."""
+    model, processor = build_from_preset(load_preset("tiny"))
+    folder = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model.eval(), processor, folder

@@ -11,19 +11,8 @@ from sparsecut_core.evaluation.ablation import BLANK_GRAY, ablated, derangement
 from sparsecut_core.evaluation.benchmarks import get_benchmark
 from sparsecut_core.evaluation.results import compare_results
 from sparsecut_core.evaluation.runner import EvalSettings, evaluate
-from sparsecut_core.presets.build import build_from_preset
-from sparsecut_core.presets.preset import load_preset
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    model, processor = build_from_preset(load_preset("tiny"))
-    folder = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return model.eval(), processor, folder
 
 
 @pytest.mark.parametrize("n", [2, 3, 7, 50])

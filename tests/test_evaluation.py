@@ -7,23 +7,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sparsecut_cli.app import app
-from sparsecut_core.presets.build import build_from_preset
 from sparsecut_core.evaluation.results import RunInfo, write_results
 from sparsecut_core.evaluation.runner import EvalSettings, evaluate, score_only
-from sparsecut_core.presets.preset import load_preset
 from sparsecut_core.data.shapes import SHORT_ANSWER
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(model, processor, saved folder) of the tiny preset's random model."""
-    model, processor = build_from_preset(load_preset("tiny"))
-    folder = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return model.eval(), processor, folder
 
 
 def write_pope(root, labels, category="random"):
