@@ -120,11 +120,7 @@ def evaluate(
             path = answers_path.with_name(f"answers.{condition}.jsonl")
             name = ablated_benchmark(bench.name, condition)
             new, _, _ = _answer_missing(model, processor, changed, path, info, name, settings, progress)
-            answers, bad = read_answers(path)
-            _check_bad(bad, settings.on_bad_sample)
-            found = match_answers(changed, answers)
-            scored = [(s, text) for s, text in zip(changed, found) if text is not None]
-            scores = bench.score([s for s, _ in scored], [text for _, text in scored]) if scored else {}
+            scores, _, _, _ = _scores(bench, changed, path, settings, loose=False)
             report.ablations[condition] = scores
             write_results(Path(out_dir) / RESULTS_FILE, name, scores, info)
             report.generated += new
@@ -177,6 +173,18 @@ def score_only(
     return _score_and_record(bench, samples, answers_path, Path(out_dir), data, info, settings, skipped, loose=True)
 
 
+def _scores(
+    bench: Benchmark, samples: list[Sample], answers_path: Path, settings: EvalSettings, loose: bool
+) -> tuple[dict[str, float], list[str | None], int, list[str]]:
+    """The benchmark's scores of the answered samples: (scores, each sample's answer, answered, bad lines)."""
+    answers, bad = read_answers(answers_path)
+    _check_bad(bad, settings.on_bad_sample)
+    found = match_answers(samples, answers, loose)
+    scored = [(s, text) for s, text in zip(samples, found) if text is not None]
+    scores = bench.score([s for s, _ in scored], [text for _, text in scored]) if scored else {}
+    return scores, found, len(scored), bad
+
+
 def _score_and_record(
     bench: Benchmark,
     samples: list[Sample],
@@ -188,16 +196,12 @@ def _score_and_record(
     skipped: list[str],
     loose: bool,
 ) -> EvalReport:
-    answers, bad = read_answers(answers_path)
-    _check_bad(bad, settings.on_bad_sample)
+    scores, found, scored, bad = _scores(bench, samples, answers_path, settings, loose)
     skipped = skipped + bad
-    found = match_answers(samples, answers, loose)
-    scored = [(s, text) for s, text in zip(samples, found) if text is not None]
-    scores = bench.score([s for s, _ in scored], [text for _, text in scored]) if scored else {}
-    missing = len(samples) - len(scored)
+    missing = len(samples) - scored
     scores = {**scores, **({"missing": missing} if missing else {}), **({"skipped": len(skipped)} if skipped else {})}
     results_path = write_results(out_dir / RESULTS_FILE, bench.name, scores, info)
-    report = EvalReport(bench.name, scores, answers_path, results_path, reused=len(scored), skipped=skipped)
+    report = EvalReport(bench.name, scores, answers_path, results_path, reused=scored, skipped=skipped)
     if any(s.target is None for s in samples):  # no local ground truth (a test split): its server scores it
         upload = bench.submission(samples, [text or "" for text in found], Path(data) if data is not None else None)
         if upload is not None:
