@@ -37,29 +37,37 @@ POSITIONS = ("top left", "top centre", "top right", "middle left", "centre", "mi
              "bottom left", "bottom centre", "bottom right")  # grid cells, row-major
 BACKGROUNDS = ((245, 245, 240), (250, 250, 250), (238, 242, 246), (246, 240, 228))
 
-KINDS = ("colour", "shape", "count", "position", "yes-no", "small-digit", "small-shape", "unanswerable")
-# The held-out question of sample i has kind KINDS[i % 8] and cycles through that kind's
-# (wording or None for any, answer) targets, so answers are balanced within each wording
-# and the question's words alone predict little.
-_EVAL_TARGETS: dict[str, tuple[tuple[str | None, str], ...]] = {
-    "colour": tuple((None, colour) for colour in COLOURS),
-    "shape": tuple((None, shape) for shape in SHAPES),
-    "count": (*(("count-all", str(n)) for n in range(1, 5)), *(("count-colour", str(n)) for n in range(4)),
-              *(("count-shape", str(n)) for n in range(4))),
-    "position": tuple((None, position) for position in POSITIONS),
-    "yes-no": ((None, "yes"), (None, "no")),
-    "small-digit": tuple((None, str(d)) for d in range(10)),
-    "small-shape": tuple((None, shape) for shape in SHAPES),
-    "unanswerable": tuple((form, "unanswerable") for form in
-                          ("unanswerable-colour", "unanswerable-position", "unanswerable-digit")),
+KINDS = ("colour", "shape", "count", "position", "yes-no", "small-digit", "small-shape")
+UNANSWERABLE = "unanswerable"
+# The held-out question of sample i has kind KINDS[i % 7] and cycles through that kind's
+# (wording, answer) targets. Within each wording every answer is equally likely, and
+# "unanswerable" (the thing asked about is not there) is one of them, so the question's
+# words alone score no more than chance: CHANCE[kind].
+_FORMS: dict[str, dict[str, tuple[str, ...]]] = {  # kind -> wording -> its answers
+    "colour": {form: (*COLOURS, UNANSWERABLE) for form in ("colour-of-shape", "colour-at-position")},
+    "shape": {form: (*SHAPES, UNANSWERABLE) for form in ("shape-at-position", "shape-of-colour")},
+    "count": {"count-all": ("1", "2", "3", "4"), "count-colour": ("0", "1", "2", "3"),
+              "count-shape": ("0", "1", "2", "3")},
+    "position": {"position": (*POSITIONS, UNANSWERABLE)},
+    "yes-no": {"yes-no": ("yes", "no")},
+    "small-digit": {"digit": (*(str(d) for d in range(10)), UNANSWERABLE)},
+    "small-shape": {"tiny-shape": (*SHAPES, UNANSWERABLE)},
+}
+_EVAL_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
+    kind: tuple((form, answer) for form, answers in forms.items() for answer in answers)
+    for kind, forms in _FORMS.items()
 }
 ANSWERS: dict[str, tuple[str, ...]] = {  # every answer a held-out question of each kind can have
     kind: tuple(dict.fromkeys(answer for _, answer in targets)) for kind, targets in _EVAL_TARGETS.items()
 }
+CHANCE: dict[str, float] = {  # percent: the best a guess from the question's wording alone can expect
+    # targets are uniform over (wording, answer) pairs and answers uniform within a wording
+    kind: 100 * len(forms) / len(_EVAL_TARGETS[kind]) for kind, forms in _FORMS.items()
+}
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQA suffix
 UNANSWERABLE_HINT = "When the provided information is insufficient, respond with 'Unanswerable'."  # VizWiz's
-_DESCRIBE = ("Describe the image briefly.", "Give a short caption for the image.", "What is in the image?")
+DIALOGUE_TURNS = 5  # questions per training dialogue, each of a different kind
 
 _HI_RES = 112  # the view (in px) in which the fine detail is drawn at one pixel per font cell
 _TINY_SIDE = 6  # tiny shapes: side in _HI_RES px
@@ -200,15 +208,16 @@ def _seed(split: str, index: int) -> int:
 # ---- scenes ----------------------------------------------------------------------------------
 
 
-def _draw_scene_for(rng: random.Random, split: str, kind: str, form: str | None, answer: str) -> tuple[Scene, QA]:
+def _draw_scene_for(rng: random.Random, split: str, kind: str, form: str, answer: str) -> tuple[Scene, QA]:
     """Rejection-sample a scene of `split` with a `kind` question (of wording `form`) answered `answer`."""
     # Draw the detail the question is about straight away rather than waiting for it by chance.
-    digit = int(answer) if kind == "small-digit" else None
+    answerable = answer != UNANSWERABLE
+    digit = int(answer) if kind == "small-digit" and answerable else None
     for _ in range(_MAX_TRIES):
-        scene = sample_scene(rng, digit=digit, tiny=kind == "small-shape")
+        scene = sample_scene(rng, digit=digit, tiny=kind == "small-shape" and answerable)
         if scene.split() != split:
             continue
-        matching = [qa for qa in questions(scene, kind) if qa.answer == answer and form in (None, qa.form)]
+        matching = [qa for qa in questions(scene, kind) if qa.answer == answer and qa.form == form]
         if matching:
             return scene, rng.choice(matching)
     raise RuntimeError(f"shapes: no {split} scene with a {kind} question answered {answer!r}")  # unreachable
@@ -260,6 +269,21 @@ def _count_sentence(n: int, noun: str, plural: str) -> str:
     return f"There is 1 {noun}." if n == 1 else f"There are {n} {plural}."
 
 
+def _absent_shapes(scene: Scene) -> list[str]:
+    return [shape for shape in SHAPES if scene.shape_counts[shape] == 0]
+
+
+def _empty_cells(scene: Scene) -> list[int]:
+    used = {t.cell for t in scene.things}
+    return [cell for cell in range(9) if cell not in used]
+
+
+def _unanswerable(kind: str, form: str, question: str, missing: str) -> QA:
+    """A question about something that is not there, worded as the answerable ones: only the image tells."""
+    return QA(kind, form, question, UNANSWERABLE, f"There is no {missing} in the image, so the question is "
+                                                  f"unanswerable.")
+
+
 def _colour_questions(scene: Scene) -> list[QA]:
     qas = []
     for t in scene.things:
@@ -268,6 +292,10 @@ def _colour_questions(scene: Scene) -> list[QA]:
                           f"The {t.shape} is {t.colour}."))
         qas.append(QA("colour", "colour-at-position", f"What colour is the shape at the {t.position}?", t.colour,
                       f"It is {t.colour}."))
+    qas += [_unanswerable("colour", "colour-of-shape", f"What colour is the {shape}?", shape)
+            for shape in _absent_shapes(scene)]
+    qas += [_unanswerable("colour", "colour-at-position", f"What colour is the shape at the {POSITIONS[cell]}?",
+                          f"shape at the {POSITIONS[cell]}") for cell in _empty_cells(scene)]
     return qas
 
 
@@ -281,6 +309,10 @@ def _shape_questions(scene: Scene) -> list[QA]:
         if scene.colour_counts[t.colour] == 1:
             qas.append(QA("shape", "shape-of-colour", f"What shape is the {t.colour} object?", t.shape,
                           f"The {t.colour} object is {_a(t.shape)}."))
+    qas += [_unanswerable("shape", "shape-at-position", f"What shape is at the {POSITIONS[cell]}?",
+                          f"shape at the {POSITIONS[cell]}") for cell in _empty_cells(scene)]
+    qas += [_unanswerable("shape", "shape-of-colour", f"What shape is the {colour} object?", f"{colour} object")
+            for colour in COLOURS if scene.colour_counts[colour] == 0]
     return qas
 
 
@@ -303,6 +335,7 @@ def _position_questions(scene: Scene) -> list[QA]:
     for t in scene.things:
         ref = scene.ref(t)
         qas.append(QA("position", "position", f"Where is the {ref}?", t.position, f"The {ref} is at the {t.position}."))
+    qas += [_unanswerable("position", "position", f"Where is the {shape}?", shape) for shape in _absent_shapes(scene)]
     return qas
 
 
@@ -320,34 +353,26 @@ def _yes_no_questions(scene: Scene) -> list[QA]:
 
 
 def _digit_questions(scene: Scene) -> list[QA]:
-    return [QA("small-digit", "digit", f"What digit is written on the {scene.ref(t)}?", str(t.digit),
-               f"The digit on the {scene.ref(t)} is {t.digit}.")
-            for t in scene.things if t.digit is not None]
+    qas = [QA("small-digit", "digit", f"What digit is written on the {scene.ref(t)}?", str(t.digit),
+              f"The digit on the {scene.ref(t)} is {t.digit}.")
+           for t in scene.things if t.digit is not None]
+    return qas + [_unanswerable("small-digit", "digit", f"What digit is written on the {shape}?", shape)
+                  for shape in _absent_shapes(scene)]
 
 
 def _tiny_questions(scene: Scene) -> list[QA]:
-    return [QA("small-shape", "tiny-shape", "What shape is the tiny object?", t.shape,
-               f"The tiny object is {_a(t.shape)}.")
-            for t in scene.things if t.size == "tiny"]
-
-
-def _unanswerable_questions(scene: Scene) -> list[QA]:
-    """Questions about a shape that is not there: the same wording as answerable ones, so only the image tells."""
-    qas = []
-    for shape in SHAPES:
-        if scene.shape_counts[shape] == 0:
-            why = f"There is no {shape} in the image, so the question is unanswerable."
-            qas += [QA("unanswerable", "unanswerable-colour", f"What colour is the {shape}?", "unanswerable", why),
-                    QA("unanswerable", "unanswerable-position", f"Where is the {shape}?", "unanswerable", why),
-                    QA("unanswerable", "unanswerable-digit", f"What digit is written on the {shape}?",
-                       "unanswerable", why)]
+    qas = [QA("small-shape", "tiny-shape", "What shape is the tiny object?", t.shape,
+              f"The tiny object is {_a(t.shape)}.")
+           for t in scene.things if t.size == "tiny"]
+    if not qas:
+        qas.append(_unanswerable("small-shape", "tiny-shape", "What shape is the tiny object?", "tiny object"))
     return qas
 
 
 _QUESTIONS = {
     "colour": _colour_questions, "shape": _shape_questions, "count": _count_questions,
     "position": _position_questions, "yes-no": _yes_no_questions, "small-digit": _digit_questions,
-    "small-shape": _tiny_questions, "unanswerable": _unanswerable_questions,
+    "small-shape": _tiny_questions,
 }
 
 
@@ -366,34 +391,21 @@ def _pick_balanced(rng: random.Random, qas: list[QA]) -> QA:
 
 
 def _conversation(scene: Scene, held_out: QA, rng: random.Random) -> list[dict[str, str]]:
-    """2-4 question/answer pairs about `scene` in LLaVA's format, never asking the held-out question.
+    """DIALOGUE_TURNS questions about `scene` in LLaVA's format, never asking the held-out question.
 
-    Half the questions carry LLaVA's short-answer suffix (some also VizWiz's
-    'Unanswerable' hint) and get the bare answer; the others get a sentence. A quarter
-    of the dialogues open with a caption request.
+    One question of each of DIALOGUE_TURNS different kinds, its answer drawn uniformly
+    from the kind's distinct answers in this scene ("unanswerable" among them), each
+    with LLaVA's short-answer suffix and the bare answer: every supervised token but
+    the end of turn needs the image (a sentence answer would mostly copy the question).
     """
     pairs: list[tuple[str, str]] = []
-    if rng.random() < 0.25:
-        pairs.append((rng.choice(_DESCRIBE), _capitalise(scene.caption())))
-    wanted = rng.randint(2, 4)
-    asked = {held_out.question}
-    # Every scene has colour, count, position, yes-no and unanswerable questions (at most 4 of the 5 shapes).
-    has = {"shape": any(t.size != "tiny" for t in scene.things),
-           "small-digit": any(t.digit is not None for t in scene.things),
-           "small-shape": any(t.size == "tiny" for t in scene.things)}
-    kinds = [k for k in KINDS if has.get(k, True)]
-    for _ in range(50):  # enough tries to find `wanted` distinct questions in any scene
-        if len(pairs) >= wanted:
+    for kind in rng.sample(KINDS, len(KINDS)):
+        if len(pairs) == DIALOGUE_TURNS:
             break
-        qa = _pick_balanced(rng, questions(scene, rng.choice(kinds)))
-        if qa.question in asked:
-            continue
-        asked.add(qa.question)
-        if rng.random() < 0.5:
-            hint = f"\n{UNANSWERABLE_HINT}" if rng.random() < 0.3 else ""
-            pairs.append((f"{qa.question}{hint}\n{SHORT_ANSWER}", _capitalise(qa.answer)))
-        else:
-            pairs.append((qa.question, qa.sentence))
+        qas = [qa for qa in questions(scene, kind) if qa.question != held_out.question]
+        if qas:
+            qa = _pick_balanced(rng, qas)
+            pairs.append((f"{qa.question}\n{SHORT_ANSWER}", _capitalise(qa.answer)))
     turns = []
     for k, (human, gpt) in enumerate(pairs):
         turns.append({"from": "human", "value": f"<image>\n{human}" if k == 0 else human})

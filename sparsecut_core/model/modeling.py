@@ -44,9 +44,10 @@ class SparseCutPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # only the adapter's own modules reach here: the vision tower and the LLM init themselves
+        # only the adapter's own modules reach here: the vision tower and the LLM init themselves.
+        # Z lands in the LLM's residual stream, so the adapter starts at the LLM's own scale.
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
+            nn.init.normal_(module.weight, std=getattr(self.config.text_config, "initializer_range", 0.02))
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
