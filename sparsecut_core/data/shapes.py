@@ -135,13 +135,12 @@ class Scene:
 
 @dataclass(frozen=True)
 class QA:
-    """A question about a scene with its short answer and a sentence answer (for dialogue turns)."""
+    """A question about a scene and its short answer."""
 
     kind: str
     form: str  # which wording ("count-colour"), so that evaluation can balance answers per wording
     question: str
     answer: str
-    sentence: str
 
 
 @dataclass(frozen=True)
@@ -261,10 +260,6 @@ def _a(word: str) -> str:
     return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
-def _count_sentence(n: int, noun: str, plural: str) -> str:
-    return f"There is 1 {noun}." if n == 1 else f"There are {n} {plural}."
-
-
 def _absent_shapes(scene: Scene) -> list[str]:
     return [shape for shape in SHAPES if scene.shape_counts[shape] == 0]
 
@@ -274,24 +269,20 @@ def _empty_cells(scene: Scene) -> list[int]:
     return [cell for cell in range(9) if cell not in used]
 
 
-def _unanswerable(kind: str, form: str, question: str, missing: str) -> QA:
-    """A question about something that is not there, worded as the answerable ones: only the image tells."""
-    return QA(kind, form, question, UNANSWERABLE, f"There is no {missing} in the image, so the question is "
-                                                  f"unanswerable.")
+# Each kind that can ask about something absent also asks it in the same words, answered UNANSWERABLE:
+# only the image tells the two apart.
 
 
 def _colour_questions(scene: Scene) -> list[QA]:
     qas = []
     for t in scene.things:
         if scene.shape_counts[t.shape] == 1:
-            qas.append(QA("colour", "colour-of-shape", f"What colour is the {t.shape}?", t.colour,
-                          f"The {t.shape} is {t.colour}."))
-        qas.append(QA("colour", "colour-at-position", f"What colour is the shape at the {t.position}?", t.colour,
-                      f"It is {t.colour}."))
-    qas += [_unanswerable("colour", "colour-of-shape", f"What colour is the {shape}?", shape)
+            qas.append(QA("colour", "colour-of-shape", f"What colour is the {t.shape}?", t.colour))
+        qas.append(QA("colour", "colour-at-position", f"What colour is the shape at the {t.position}?", t.colour))
+    qas += [QA("colour", "colour-of-shape", f"What colour is the {shape}?", UNANSWERABLE)
             for shape in _absent_shapes(scene)]
-    qas += [_unanswerable("colour", "colour-at-position", f"What colour is the shape at the {POSITIONS[cell]}?",
-                          f"shape at the {POSITIONS[cell]}") for cell in _empty_cells(scene)]
+    qas += [QA("colour", "colour-at-position", f"What colour is the shape at the {POSITIONS[cell]}?", UNANSWERABLE)
+            for cell in _empty_cells(scene)]
     return qas
 
 
@@ -300,29 +291,22 @@ def _shape_questions(scene: Scene) -> list[QA]:
     for t in scene.things:
         if t.size == "tiny":
             continue  # its shape needs the high-res view: "small-shape"
-        qas.append(QA("shape", "shape-at-position", f"What shape is at the {t.position}?", t.shape,
-                      f"It is {_a(t.shape)}."))
+        qas.append(QA("shape", "shape-at-position", f"What shape is at the {t.position}?", t.shape))
         if scene.colour_counts[t.colour] == 1:
-            qas.append(QA("shape", "shape-of-colour", f"What shape is the {t.colour} object?", t.shape,
-                          f"The {t.colour} object is {_a(t.shape)}."))
-    qas += [_unanswerable("shape", "shape-at-position", f"What shape is at the {POSITIONS[cell]}?",
-                          f"shape at the {POSITIONS[cell]}") for cell in _empty_cells(scene)]
-    qas += [_unanswerable("shape", "shape-of-colour", f"What shape is the {colour} object?", f"{colour} object")
+            qas.append(QA("shape", "shape-of-colour", f"What shape is the {t.colour} object?", t.shape))
+    qas += [QA("shape", "shape-at-position", f"What shape is at the {POSITIONS[cell]}?", UNANSWERABLE)
+            for cell in _empty_cells(scene)]
+    qas += [QA("shape", "shape-of-colour", f"What shape is the {colour} object?", UNANSWERABLE)
             for colour in COLOURS if scene.colour_counts[colour] == 0]
     return qas
 
 
 def _count_questions(scene: Scene) -> list[QA]:
-    n = len(scene.things)
-    qas = [QA("count", "count-all", "How many shapes are there?", str(n), _count_sentence(n, "shape", "shapes"))]
-    for colour in COLOURS:
-        k = scene.colour_counts[colour]
-        qas.append(QA("count", "count-colour", f"How many {colour} shapes are there?", str(k),
-                      _count_sentence(k, f"{colour} shape", f"{colour} shapes")))
-    for shape in SHAPES:
-        k = scene.shape_counts[shape]
-        qas.append(QA("count", "count-shape", f"How many {PLURALS[shape]} are there?", str(k),
-                      _count_sentence(k, shape, PLURALS[shape])))
+    qas = [QA("count", "count-all", "How many shapes are there?", str(len(scene.things)))]
+    qas += [QA("count", "count-colour", f"How many {colour} shapes are there?", str(scene.colour_counts[colour]))
+            for colour in COLOURS]
+    qas += [QA("count", "count-shape", f"How many {PLURALS[shape]} are there?", str(scene.shape_counts[shape]))
+            for shape in SHAPES]
     return qas
 
 
@@ -334,40 +318,27 @@ def _absent_things(scene: Scene) -> list[str]:
 
 def _position_questions(scene: Scene) -> list[QA]:
     # always colour and shape ("Where is the red circle?"), so the wording says nothing about whether it is there
-    qas = [QA("position", "position", f"Where is the {t.colour} {t.shape}?", t.position,
-              f"The {t.colour} {t.shape} is at the {t.position}.") for t in scene.things]
-    return qas + [_unanswerable("position", "position", f"Where is the {thing}?", thing)
-                  for thing in _absent_things(scene)]
+    qas = [QA("position", "position", f"Where is the {t.colour} {t.shape}?", t.position) for t in scene.things]
+    return qas + [QA("position", "position", f"Where is the {thing}?", UNANSWERABLE) for thing in _absent_things(scene)]
 
 
 def _yes_no_questions(scene: Scene) -> list[QA]:
     present = {(t.colour, t.shape) for t in scene.things}
-    qas = []
-    for colour in COLOURS:
-        for shape in SHAPES:
-            thing = f"{colour} {shape}"
-            if (colour, shape) in present:
-                qas.append(QA("yes-no", "yes-no", f"Is there {_a(thing)}?", "yes", f"Yes, there is {_a(thing)}."))
-            else:
-                qas.append(QA("yes-no", "yes-no", f"Is there {_a(thing)}?", "no", f"No, there is no {thing}."))
-    return qas
+    return [QA("yes-no", "yes-no", f"Is there {_a(f'{colour} {shape}')}?",
+               "yes" if (colour, shape) in present else "no") for colour in COLOURS for shape in SHAPES]
 
 
 def _digit_questions(scene: Scene) -> list[QA]:
-    qas = [QA("small-digit", "digit", f"What digit is written on the {t.colour} {t.shape}?", str(t.digit),
-              f"The digit on the {t.colour} {t.shape} is {t.digit}.")
+    qas = [QA("small-digit", "digit", f"What digit is written on the {t.colour} {t.shape}?", str(t.digit))
            for t in scene.things if t.digit is not None]
-    return qas + [_unanswerable("small-digit", "digit", f"What digit is written on the {thing}?", thing)
+    return qas + [QA("small-digit", "digit", f"What digit is written on the {thing}?", UNANSWERABLE)
                   for thing in _absent_things(scene)]
 
 
 def _tiny_questions(scene: Scene) -> list[QA]:
-    qas = [QA("small-shape", "tiny-shape", "What shape is the tiny object?", t.shape,
-              f"The tiny object is {_a(t.shape)}.")
+    qas = [QA("small-shape", "tiny-shape", "What shape is the tiny object?", t.shape)
            for t in scene.things if t.size == "tiny"]
-    if not qas:
-        qas.append(_unanswerable("small-shape", "tiny-shape", "What shape is the tiny object?", "tiny object"))
-    return qas
+    return qas or [QA("small-shape", "tiny-shape", "What shape is the tiny object?", UNANSWERABLE)]
 
 
 _QUESTIONS = {
