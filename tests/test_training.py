@@ -63,21 +63,51 @@ _KILLED_RUN = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_training import _run
     def kill(log):
-        if log.step == 5:
+        if log.step == {kill_at}:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final checkpoint
-    _run(Path({out!r}), max_steps=8, save_every=2, on_step=kill)
+    _run(Path({out!r}), max_steps=8, save_every={save_every}, on_step=kill)
 """)
+
+
+def _killed_run(out, kill_at: int, save_every: int) -> None:
+    """A real process that trains into `out` and SIGKILLs itself right after step `kill_at` is logged."""
+    script = _KILLED_RUN.format(tests=os.path.dirname(__file__), out=str(out), kill_at=kill_at, save_every=save_every)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
 
 
 def test_run_killed_with_sigkill_resumes_to_the_same_loss_curve(tmp_path):
     _run(tmp_path / "whole", max_steps=8, save_every=2)
     killed = tmp_path / "killed"
-    script = _KILLED_RUN.format(tests=os.path.dirname(__file__), out=str(killed))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    _killed_run(killed, kill_at=5, save_every=2)
     assert len(_losses(killed)) == 5 and not (killed / "model").exists()
     _run(killed, max_steps=8, save_every=2, resume=True)  # continues from checkpoint-4
     assert _losses(killed) == _losses(tmp_path / "whole")  # identical, step for step
+
+
+def _steps(out) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_logs_each_step_once(tmp_path):
+    _killed_run(tmp_path, kill_at=3, save_every=8)  # steps 1-3 logged, no checkpoint yet
+    assert _steps(tmp_path) == [1, 2, 3] and not (tmp_path / "checkpoints").exists()
+    _run(tmp_path, max_steps=8, save_every=8, resume=True)  # starts over from step 0
+    assert _steps(tmp_path) == list(range(1, 9))
+
+
+def test_metrics_are_strict_json_with_null_for_non_finite_values(tmp_path):
+    from sparsecut_core.training.loop import StepLog, _append_log
+
+    log = StepLog(step=1, total_steps=2, epoch=0, loss=float("nan"), lr=float("inf"), grad_norm=-float("inf"),
+                  samples_per_s=3.5, tokens_per_s=10.0, elapsed_s=1.0)
+    _append_log(tmp_path / "metrics.jsonl", log)
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    row = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=refuse)
+    assert row == {**vars(log), "loss": None, "lr": None, "grad_norm": None}
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):

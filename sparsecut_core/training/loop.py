@@ -57,13 +57,20 @@ class StepLog:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop logged steps after the checkpoint (they are about to be redone)."""
+    """Drop logged steps after `step`, the one the run starts from (they are about to be redone)."""
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
+
+
+def _append_log(path: Path, log: StepLog) -> None:
+    """One strict-JSON line per step: a non-finite value (an infinite lr, a NaN loss) is written as null."""
+    row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(log).items()}
+    with path.open("a") as handle:
+        handle.write(json.dumps(row, allow_nan=False) + "\n")
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, data_key: str) -> None:
@@ -124,9 +131,9 @@ def train(
         _check_resumable(saved_config, config, data_key)
         state = load_checkpoint(accelerator, found)
         step, epoch, position = state["step"], state["epoch"], state["position"]
-        if accelerator.is_main_process:
-            _truncate_metrics(metrics_file, step)
     if accelerator.is_main_process:
+        # the log holds each step once: steps after the checkpoint (all of them, without one) are redone
+        _truncate_metrics(metrics_file, step)
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "train_config.json", {
             **asdict(config), **(run_info or {}), "data": data_key, "world_size": world,
@@ -188,8 +195,7 @@ def train(
                               samples_per_s=float(totals[0]) / seconds, tokens_per_s=float(totals[1]) / seconds,
                               elapsed_s=time.perf_counter() - started)
                 if accelerator.is_main_process:
-                    with metrics_file.open("a") as handle:
-                        handle.write(json.dumps(asdict(log)) + "\n")
+                    _append_log(metrics_file, log)
                     if on_step is not None:
                         on_step(log)
                 if accelerator.log_with:
