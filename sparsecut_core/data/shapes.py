@@ -126,6 +126,11 @@ class Scene:
     def colour_counts(self) -> Counter[str]:
         return Counter(t.colour for t in self.things)
 
+    @cached_property
+    def pairs(self) -> frozenset[tuple[str, str]]:
+        """(colour, shape) of every thing."""
+        return frozenset((t.colour, t.shape) for t in self.things)
+
     def caption(self) -> str:
         """'a large red circle at the top left, a small blue square at the centre and a tiny ...'."""
         phrases = [t.phrase() for t in self.things]
@@ -312,8 +317,7 @@ def _count_questions(scene: Scene) -> list[QA]:
 
 def _absent_things(scene: Scene) -> list[str]:
     """'blue circle' for every colour and shape not in the scene together."""
-    present = {(t.colour, t.shape) for t in scene.things}
-    return [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES if (colour, shape) not in present]
+    return [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES if (colour, shape) not in scene.pairs]
 
 
 def _position_questions(scene: Scene) -> list[QA]:
@@ -323,9 +327,8 @@ def _position_questions(scene: Scene) -> list[QA]:
 
 
 def _yes_no_questions(scene: Scene) -> list[QA]:
-    present = {(t.colour, t.shape) for t in scene.things}
     return [QA("yes-no", "yes-no", f"Is there {_a(f'{colour} {shape}')}?",
-               "yes" if (colour, shape) in present else "no") for colour in COLOURS for shape in SHAPES]
+               "yes" if (colour, shape) in scene.pairs else "no") for colour in COLOURS for shape in SHAPES]
 
 
 def _digit_questions(scene: Scene) -> list[QA]:
