@@ -10,7 +10,7 @@ LATEST := .venv-latest
 DEMO_DIR := runs/demo
 REAL_DIR := runs/demo-real
 
-.PHONY: install demo demo-real test test-latest lock bench clean
+.PHONY: install demo demo-real test test-slow test-latest lock bench clean
 
 $(BIN)/sparsecut: pyproject.toml $(LOCK)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ demo-real: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The slow end-to-end tests (real processes killed and resumed, multi-process launches); .ci/run runs both.
+test-slow: install
+	$(BIN)/python -m pytest -m slow
 
 # The newest releases pyproject's ranges admit, in a venv of their own: drift shows up here first.
 test-latest:
