@@ -65,8 +65,7 @@ def _show_report(report) -> None:
     console.print(table)
     if report.ablations:
         _show_ablation(report)
-    console.print(f"answers: {report.generated} new, {report.reused} from earlier runs -> {report.answers_path}",
-                  highlight=False)
+    console.print(f"answers: {_answer_counts(report)} -> {report.answers_path}", highlight=False)
     if report.metrics.get("missing"):
         err_console.print(f"[yellow]warning:[/] {report.metrics['missing']} questions have no answer in "
                           f"{report.answers_path}; the scores cover the answered ones", highlight=False)
@@ -77,6 +76,18 @@ def _show_report(report) -> None:
     if report.submission_path is not None:
         console.print(f"server submission file: {report.submission_path}", highlight=False)
     console.print(f"results: {report.results_path}", highlight=False)
+
+
+def _answer_counts(report) -> str:
+    """"N new, M reused, K recomputed because ...": stale answers of other settings or inputs are asked again."""
+    stale = sum(report.recomputed.values())
+    counts = f"{report.generated - stale} new, {report.reused} reused"
+    if len(report.recomputed) == 1:
+        counts += f", {stale} recomputed because {next(iter(report.recomputed))}"
+    elif report.recomputed:
+        counts += f", {stale} recomputed (" + ", ".join(f"{n} because {why}" for why, n in
+                                                       report.recomputed.items()) + ")"
+    return counts
 
 
 def _show_ablation(report) -> None:

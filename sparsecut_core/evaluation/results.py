@@ -1,4 +1,6 @@
-"""`results.json`: a model's scores per benchmark beside its id, shortcut pattern, config hash and date.
+"""`results.json`: a model's scores per benchmark beside its id, shortcut pattern, config hash, weights id and date.
+
+Each benchmark's entry also records the generation settings it was scored with.
 
 Written atomically, one benchmark merged at a time; `compare_results` lines up several
 runs' scores and `plot_comparison` draws their headline scores."""
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_json_atomic
+from ..model.fingerprint import tensors_id, weights_id
 from .ablation import base_benchmark
 from .benchmarks import BENCHMARKS
 
@@ -24,16 +27,17 @@ RESULTS_FILE = "results.json"
 COUNT_KEYS = ("n", "answered", "missing", "skipped")  # bookkeeping, not scores
 
 
-RUN_KEYS = ("model_id", "pattern", "config_hash", "date")  # results.json entries that are not benchmarks
+RUN_KEYS = ("model_id", "pattern", "config_hash", "weights_id", "date")  # results.json entries that are not benchmarks
 
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What results.json says about the model: its name, shortcut pattern and a hash of its config."""
+    """What results.json says about the model: its name, shortcut pattern, a hash of its config and its weights id."""
 
     model_id: str
     pattern: Any = None
     config_hash: str | None = None
+    weights_id: str | None = None  # model/fingerprint.py: the weights that wrote the answers
 
 
 def config_hash(config: dict) -> str:
@@ -42,17 +46,30 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _weights(model_dir: Path | None, model: Any) -> str | None:
+    """The weights id of the model folder (or a training run's model/), else of the model in memory."""
+    if model_dir is not None:
+        for folder in (Path(model_dir), Path(model_dir) / "model"):
+            if (folder / "config.json").is_file() and (found := weights_id(folder)) is not None:
+                return found
+    return tensors_id(model) if model is not None else None
+
+
 def run_info(model_dir: Path | None = None, model: Any = None) -> RunInfo:
-    """From a saved model folder's config.json (no weights loaded), else from a model in memory."""
+    """From a saved model folder's config.json and weights id (no weights loaded), else from a model in memory.
+
+    `model`, when given with `model_dir`, must be the model loaded from that folder.
+    """
+    weights = _weights(model_dir, model)
     if model_dir is not None and (Path(model_dir) / "config.json").is_file():
         with open(Path(model_dir) / "config.json", encoding="utf-8") as file:
             config = json.load(file)
-        return RunInfo(Path(model_dir).name, config.get("pattern"), config_hash(config))
+        return RunInfo(Path(model_dir).name, config.get("pattern"), config_hash(config), weights)
     if model is not None:
         config = json.loads(model.config.to_json_string(use_diff=True))  # what save_pretrained writes
         name = Path(model_dir).name if model_dir is not None else Path(model.name_or_path or "model").name
-        return RunInfo(name, config.get("pattern"), config_hash(config))
-    return RunInfo(Path(model_dir).name if model_dir is not None else "unknown")
+        return RunInfo(name, config.get("pattern"), config_hash(config), weights)
+    return RunInfo(Path(model_dir).name if model_dir is not None else "unknown", weights_id=weights)
 
 
 def load_results(path: Path) -> dict:
@@ -67,25 +84,29 @@ def load_results(path: Path) -> dict:
 
 
 def check_same_model(path: Path, info: RunInfo) -> None:
-    """An output folder belongs to one model: results.json of another config hash is an error."""
+    """An output folder belongs to one model: results.json of another config hash or weights id is an error."""
     old = load_results(path) if path.exists() else {}
-    if old.get("config_hash") and info.config_hash and old["config_hash"] != info.config_hash:
-        raise ValueError(f"{path} holds results of another model (config hash {old['config_hash']}, "
-                         f"this one {info.config_hash}); give another --out")
+    for field, what in (("config_hash", "config hash"), ("weights_id", "weights id")):
+        mine = getattr(info, field)
+        if old.get(field) and mine and old[field] != mine:
+            raise ValueError(f"{path} holds results of another model ({what} {old[field]}, this one {mine}); "
+                             f"give another --out, or delete {path.parent} to start fresh")
 
 
-def write_results(path: Path, benchmark: str, scores: dict[str, float], info: RunInfo) -> Path:
-    """Merge one benchmark's scores into results.json (other benchmarks kept), atomically."""
+def write_results(path: Path, benchmark: str, scores: dict[str, float], info: RunInfo,
+                  generation: dict | None = None) -> Path:
+    """Merge one benchmark's scores (and the generation settings they were scored with) into results.json."""
     check_same_model(path, info)
     old = load_results(path) if path.exists() else {}
     run = {
         "model_id": info.model_id,
         "pattern": info.pattern if info.pattern is not None else old.get("pattern"),
         "config_hash": info.config_hash or old.get("config_hash"),
+        "weights_id": info.weights_id or old.get("weights_id"),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     benchmarks = {k: v for k, v in old.items() if k not in RUN_KEYS}
-    benchmarks[benchmark] = scores
+    benchmarks[benchmark] = {**scores, **({"generation": generation} if generation is not None else {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_json_atomic(path, {**run, **benchmarks})
 

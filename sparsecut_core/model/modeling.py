@@ -25,6 +25,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .adapter import CrossAttention, ShortcutAdapters
 from .configuration import SparseCutConfig, vision_prefix_tokens
+from .fingerprint import write_weights_id
 from .freezing import set_trainable
 from .injection import SHORTCUTS_KWARG, Shortcuts, wrap_decoder_layers
 from .llava import causal_lm_from_parts, config_from_llava
@@ -146,6 +147,12 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
     def set_trainable(self, stage: str, unfreeze_vision: bool = False) -> list[str]:
         """Freezes all but the stage's parts (pretrain: adapter; finetune: + LLM); returns trainable names."""
         return set_trainable(self, stage, unfreeze_vision)
+
+    def save_pretrained(self, save_directory: str | Path, is_main_process: bool = True, **kwargs: Any) -> None:
+        """transformers' save, then the weights id (fingerprint.py) that evaluation keys its answers by."""
+        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            write_weights_id(Path(save_directory))
 
     # --- embeddings plumbing expected by PreTrainedModel / GenerationMixin ---
     def get_input_embeddings(self) -> nn.Module:
