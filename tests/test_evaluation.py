@@ -177,3 +177,112 @@ def test_plot_without_matplotlib_is_a_one_line_error_naming_the_extra(tmp_path, 
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
     with pytest.raises(ValueError, match=r"pip install 'sparsecut\[plot\]'"):
         plot_comparison(Comparison(["a"], [("pope", "f1", [80.0])]), tmp_path / "x.png")
+
+
+@pytest.fixture(scope="module")
+def tiny_seed_1(tmp_path_factory):
+    """(model, processor, saved folder) of the tiny preset built with another seed: same config, other weights."""
+    from sparsecut_core.presets.build import build_from_preset
+    from sparsecut_core.presets.preset import load_preset
+
+    model, processor = build_from_preset(load_preset("tiny"), seed=1)
+    folder = tmp_path_factory.mktemp("tiny_seed_1")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model.eval(), processor, folder
+
+
+def test_answers_of_one_model_are_never_scored_as_another_models(tiny, tiny_seed_1, tmp_path):
+    (model_a, processor_a, folder_a), (model_b, processor_b, folder_b) = tiny, tiny_seed_1
+    settings = EvalSettings(limit=2, max_new_tokens=2)
+    evaluate(model_a, processor_a, "shapes", out_dir=tmp_path, model_dir=folder_a, settings=settings)
+    with pytest.raises(ValueError, match=r"results\.json holds results of another model \(weights id .*"
+                                         r"delete .* to start fresh"):
+        evaluate(model_b, processor_b, "shapes", out_dir=tmp_path, model_dir=folder_b, settings=settings)
+    (tmp_path / "results.json").unlink()  # as if model A's run was killed before it scored its answers
+    with pytest.raises(ValueError, match=r"answers\.jsonl holds answers of another model .*start fresh"):
+        evaluate(model_b, processor_b, "shapes", out_dir=tmp_path, model_dir=folder_b, settings=settings)
+    with pytest.raises(ValueError, match=r"answers\.jsonl holds answers of another model"):
+        score_only("shapes", out_dir=tmp_path, model_dir=folder_b, settings=settings)
+    report = evaluate(model_b, processor_b, "shapes", out_dir=tmp_path / "b", model_dir=folder_b, settings=settings)
+    assert report.generated == 2
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    ids = [json.loads((f / "weights_id.json").read_text())["weights_id"] for f in (folder_a, folder_b)]
+    assert results["weights_id"] == ids[1] != ids[0]
+
+
+def test_changing_max_new_tokens_asks_again_says_why_and_results_record_the_settings(tiny, tmp_path):
+    _, _, folder = tiny
+    out = tmp_path / "out"
+    command = ["eval", str(folder), "--benchmark", "shapes", "--limit", "3", "--out", str(out)]
+    result = runner.invoke(app, [*command, "--max-new-tokens", "2"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [*command, "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert "0 new, 0 reused, 3 recomputed because the generation settings changed" in " ".join(result.output.split())
+    records = read_records(out / "shapes" / "answers.jsonl")
+    assert [r["key"]["generation"]["max_new_tokens"] for r in records] == [2, 2, 2, 4, 4, 4]
+    results = json.loads((out / "results.json").read_text())
+    assert results["shapes"]["generation"]["max_new_tokens"] == 4 and results["shapes"]["n"] == 3
+    assert results["weights_id"] == records[-1]["key"]["weights_id"]
+    result = runner.invoke(app, [*command, "--max-new-tokens", "2"])  # back to the first settings: their answers
+    assert "0 new, 3 reused" in result.output, result.output
+
+
+def test_rerun_of_the_reloaded_model_reuses_every_answer_and_a_changed_image_is_asked_again(tiny, tmp_path,
+                                                                                            monkeypatch):
+    from sparsecut_core.inference.loading import load_pretrained
+
+    model, processor, folder = tiny
+    write_pope(tmp_path / "pope", ["yes", "no", "yes"])
+    settings = EvalSettings(max_new_tokens=2)
+    evaluate(model, processor, "pope", data=tmp_path / "pope", out_dir=tmp_path / "out", model_dir=folder,
+             settings=settings)
+    loaded, loaded_processor = load_pretrained(folder)
+    calls = counting_generate(loaded, monkeypatch)
+    again = evaluate(loaded, loaded_processor, "pope", data=tmp_path / "pope", out_dir=tmp_path / "out",
+                     model_dir=folder, settings=settings)
+    assert (again.generated, again.reused, again.recomputed, calls) == (0, 3, {}, [])
+    Image.new("RGB", (16, 16), (0, 0, 0)).save(tmp_path / "pope" / "val2014" / "COCO_val2014_000000000001.jpg")
+    changed = evaluate(loaded, loaded_processor, "pope", data=tmp_path / "pope", out_dir=tmp_path / "out",
+                       model_dir=folder, settings=settings)
+    assert (changed.generated, changed.reused) == (1, 2)
+    assert changed.recomputed == {"the prompt, image or processor changed": 1}
+
+
+def test_answers_written_without_keys_are_asked_again_not_scored(tiny, tmp_path):
+    model, processor, folder = tiny
+    questions = write_pope(tmp_path / "pope", ["yes", "no"])
+    answers = tmp_path / "out" / "pope" / "answers.jsonl"
+    answers.parent.mkdir(parents=True)
+    answers.write_text("".join(  # an older sparsecut's lines: no key, so no telling which model wrote them
+        json.dumps({"question_id": q["question_id"], "prompt": q["text"], "text": "an old answer",
+                    "answer_id": "x", "model_id": folder.name, "metadata": {}}) + "\n" for q in questions))
+    report = evaluate(model, processor, "pope", data=tmp_path / "pope", out_dir=tmp_path / "out", model_dir=folder,
+                      settings=EvalSettings(max_new_tokens=2))
+    assert (report.generated, report.reused) == (2, 0)
+    assert report.recomputed == {"written without a key by an older sparsecut": 2}
+    assert all(r["key"] is not None for r in read_records(answers)[2:])
+    with open(answers, "a") as file:  # an old line is now the latest answer to question 1: scoring would mix
+        file.write(json.dumps({"question_id": 1, "prompt": questions[0]["text"], "text": "old"}) + "\n")
+    with pytest.raises(ValueError, match=r"answers\.jsonl mixes answers .* without keys"):
+        score_only("pope", data=tmp_path / "pope", out_dir=tmp_path / "out", model_dir=folder)
+
+
+def test_weights_id_is_written_at_save_recomputed_without_it_and_never_trusted_for_changed_weights(tiny,
+                                                                                               tiny_seed_1,
+                                                                                               tmp_path):
+    import shutil
+
+    from sparsecut_core.model.fingerprint import WEIGHTS_ID_FILE, weights_id
+
+    (_, _, folder_a), (_, _, folder_b) = tiny, tiny_seed_1
+    saved = {f: json.loads((f / WEIGHTS_ID_FILE).read_text())["weights_id"] for f in (folder_a, folder_b)}
+    other_tool = tmp_path / "other"  # a folder saved without the id file: hashed, the same id
+    shutil.copytree(folder_a, other_tool)
+    (other_tool / WEIGHTS_ID_FILE).unlink()
+    assert weights_id(other_tool) == saved[folder_a]
+    swapped = tmp_path / "swapped"  # A's id file beside B's weights: the stale file is not trusted
+    shutil.copytree(folder_a, swapped)
+    shutil.copyfile(folder_b / "model.safetensors", swapped / "model.safetensors")
+    assert weights_id(swapped) == saved[folder_b] != saved[folder_a]

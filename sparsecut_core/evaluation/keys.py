@@ -45,9 +45,14 @@ def quantization(model: Any) -> str | None:
     return str(data.get("quant_method", "quantized"))
 
 
+UNUSED_SETTINGS = ("transformers_version", "output_attentions", "output_hidden_states", "output_scores",
+                   "output_logits", "return_dict_in_generate")  # change what generate returns, not the answer
+
+
 def generation_settings(model: Any, generate_kwargs: dict[str, Any]) -> dict[str, Any]:
     """Everything `generate` answers with: the model's generation config overridden by eval's kwargs, dtype, bits."""
-    defaults = {k: v for k, v in model.generation_config.to_diff_dict().items() if k != "transformers_version"}
+    defaults = {k: v for k, v in model.generation_config.to_diff_dict().items()
+                if k not in UNUSED_SETTINGS and not k.startswith("_")}  # "_from_model_config": bookkeeping
     return _json_safe({**defaults, **generate_kwargs, "dtype": str(model.dtype).removeprefix("torch."),
                        "quantization": quantization(model)})
 
