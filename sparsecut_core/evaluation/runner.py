@@ -227,9 +227,9 @@ def score_only(
         info = RunInfo(first_model_id(answers_path) or info.model_id, weights_id=info.weights_id)
     answers, _ = read_answers(answers_path)
     written_by = _one_writer(answers_path, latest_records(samples, answers), info)
-    if written_by is not None:
-        info = dataclasses.replace(info, weights_id=written_by["weights_id"],
-                                   config_hash=info.config_hash or written_by["config_hash"])
+    # the weights that wrote the answers, as their keys say; a file without keys does not say
+    info = dataclasses.replace(info, weights_id=written_by["weights_id"] if written_by is not None else None,
+                               config_hash=info.config_hash or (written_by or {}).get("config_hash"))
     return _score_and_record(bench, samples, answers_path, Path(out_dir), data, info, settings, skipped, loose=True,
                              generation=written_by["generation"] if written_by is not None else None)
 
