@@ -49,5 +49,5 @@ def serve(
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     console.print(f"serving [bold]{name}[/] on {loaded.device} at http://{shown}:{port} "
                   f"(chat page /, API /v1, batches of up to {max_batch_size}"
-                  f"{', API key required' if api_key else ''}); Ctrl-C stops", highlight=False)
+                  f"{', API key required' if api_key else ''}); Ctrl-C stops", highlight=False, soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

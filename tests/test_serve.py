@@ -13,6 +13,11 @@ import base64
 import http.server
 import io
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -323,3 +328,40 @@ def test_with_an_api_key_every_request_without_it_gets_401(tiny_model):
             client(url, "wrong").models.list()
         reply = client(url, "s3cret").chat.completions.create(model=NAME, messages=[user("hi")], max_tokens=2)
         assert reply.choices[0].message.content is not None
+
+
+# --- the command ---
+
+@pytest.mark.slow  # a fresh process importing torch and transformers: 15-30 s on the shared CPU box
+def test_sparsecut_serve_serves_a_saved_model_with_the_key_from_the_environment(tiny_model, tmp_path):
+    model, processor = tiny_model
+    model.save_pretrained(tmp_path / "run" / "model")
+    processor.save_pretrained(tmp_path / "run" / "model")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "SPARSECUT_API_KEY": "from-env", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "sparsecut_cli.app", "serve", "--model", str(tmp_path / "run"),
+               "--port", str(port), "--device", "cpu"]
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        try:
+            line = proc.stdout.readline()
+            assert f"serving run on cpu at http://localhost:{port}" in line and "API key required" in line, line
+            url = f"http://127.0.0.1:{port}"
+            wait_for(lambda: _answers(f"{url}/health"), timeout=60)
+            with pytest.raises(openai.AuthenticationError):
+                client(url).models.list()
+            reply = client(url, "from-env").chat.completions.create(model="run", messages=[user("hi", RED)],
+                                                                    max_tokens=3)
+            assert reply.choices[0].message.content == chat_answer(tiny_model, [], "hi", RED, 3)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
