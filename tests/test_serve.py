@@ -10,6 +10,7 @@ deterministic.
 from __future__ import annotations
 
 import base64
+import http.client
 import http.server
 import io
 import json
@@ -249,6 +250,26 @@ def test_a_client_that_disconnects_frees_its_place_in_the_queue(tiny_model):
         wait_for(lambda: engine.stats()["waiting"] == 0)  # its slot is free again
         engine.start()
         assert post(url, {"model": NAME, "messages": [user("next")], "max_tokens": 2})[0] == 200
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_row_in_the_batch(running):
+    url, engine = running
+    body = {"model": NAME, "messages": [user("go on")], "max_tokens": 470}
+    start = time.monotonic()
+    status, full = post(url, body)  # the whole greedy answer: a few hundred tokens
+    whole = time.monotonic() - start
+    assert status == 200 and full["usage"]["completion_tokens"] > 200
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": True}),
+                       {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.read1(100).startswith(b"data: ")
+    left = time.monotonic()
+    connection.sock.close()
+    connection.close()
+    wait_for(lambda: engine.stats()["running"] == 0, timeout=whole)
+    assert time.monotonic() - left < whole / 2  # it stopped generating, it did not run to the end
 
 
 def test_a_request_past_the_timeout_gets_504(tiny_model):

@@ -61,7 +61,7 @@ def _check_key(settings: ServerSettings, request: HttpRequest) -> None:
                        "invalid_request_error", None, "invalid_api_key")
 
 
-def _queue_events(engine: Engine, request: Request) -> None:
+def _submit(engine: Engine, request: Request) -> None:
     try:
         engine.submit(request)
     except QueueFull as err:
@@ -146,7 +146,7 @@ def create_app(engine: Engine, settings: ServerSettings, *, manage_engine: bool 
         prompt, params = await run_in_threadpool(build_prompt, body, engine.processor, settings.limits, context)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         request = Request(prompt, params, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
-        _queue_events(engine, request)
+        _submit(engine, request)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": settings.model_name}
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage

@@ -200,8 +200,8 @@ class Engine:
             request.emit(Delta(piece))
         if reason is None:
             return True
-        request.emit(Finished(answer.text, reason, len(request.prompt.input_ids),
-                              len(answer.ids) + (reason == "stop" and token in self.eos_ids)))
+        generated = len(answer.ids) + (token in self.eos_ids)  # the end-of-sequence token counts, as it was generated
+        request.emit(Finished(answer.text, reason, len(request.prompt.input_ids), generated))
         return False
 
 
