@@ -15,15 +15,17 @@ from sparsecut_cli.chat import chat
 from sparsecut_cli.evaluate import eval_app
 from sparsecut_cli.flops import flops
 from sparsecut_cli.output import console, err_console, gguf_cache_dir
+from sparsecut_cli.serve import serve
 from sparsecut_cli.train import finetune, pretrain
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="SparseCut multimodal LLMs: build, train, evaluate, chat, cost.")
+                  help="SparseCut multimodal LLMs: build, train, evaluate, chat, serve, cost.")
 app.command()(pretrain)
 app.command()(finetune)
 app.add_typer(eval_app, name="eval")
 app.command()(chat)
 app.command()(flops)
+app.command()(serve)
 
 
 @app.command("presets")

@@ -26,6 +26,7 @@ ALLOWED = {
     "presets": {"model", "data", "sources", "inference", "training"},
     "evaluation": {"files", "model", "data"},
     "cost": {"model", "data", "presets"},
+    "serving": {"files", "model", "data", "inference"},
 }
 
 
