@@ -136,9 +136,28 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
         return out
 
     monkeypatch.setattr(SparseCutForConditionalGeneration, "forward", poisoned)
-    with pytest.raises(NonFiniteLoss, match="at step 3"):
+    with pytest.raises(NonFiniteLoss, match=r"at step 3; checkpoint-2 held those weights and was removed; the last "
+                                            r"good checkpoint is checkpoint-1 \(step 1\): --resume starts there"):
         _run(tmp_path, per_device_batch_size=8, save_every=1)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    # checkpoint-2's weights gave the NaN of step 3: only checkpoint-1's gave a finite loss
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-1"]
+
+
+def test_a_blow_up_keeps_the_checkpoint_before_the_huge_weights_and_resume_starts_there(tmp_path):
+    """lr 1e30: step 2's update (step 1 is warmup at lr 0) makes the weights ~1e30, finite, and step 3's loss NaN."""
+    from safetensors.torch import load_file
+
+    with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 3; .* the last good checkpoint is checkpoint-1 "):
+        _run(tmp_path, max_steps=8, save_every=1, learning_rate=1e30)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["checkpoint-1"]
+    weights = load_file(tmp_path / "checkpoints" / "checkpoint-1" / "model.safetensors")
+    assert max(float(t.abs().max()) for t in weights.values()) < 1e3
+    resumed = []
+    with pytest.raises(NonFiniteLoss, match="at step 3"):  # same settings, same blow-up: but from step 1
+        _run(tmp_path, max_steps=8, save_every=1, learning_rate=1e30, resume=True, on_step=resumed.append)
+    assert [log.step for log in resumed] == [2] and math.isfinite(resumed[0].loss)
+    assert _steps(tmp_path) == [1, 2]
 
 
 def _cli_pretrain(out, launcher):

@@ -34,8 +34,12 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator, root: Path, state: dict[str, Any], keep_last: int) -> Path:
-    """Save the accelerator's state and `state` as checkpoint-{state['step']}; prune to `keep_last`."""
+def save_checkpoint(accelerator, root: Path, state: dict[str, Any]) -> Path:
+    """Save the accelerator's state and `state` as checkpoint-{state['step']}.
+
+    Older checkpoints are left for `prune_checkpoints`, called once this one's weights
+    have given a finite loss: the one before it must survive until then.
+    """
     final = root / f"checkpoint-{state['step']}"
     if (final / STATE_FILE).is_file():  # already saved at this step (e.g. Ctrl-C right after a save)
         return final
@@ -48,10 +52,25 @@ def save_checkpoint(accelerator, root: Path, state: dict[str, Any], keep_last: i
     if accelerator.is_main_process:
         write_json_atomic(tmp / STATE_FILE, state)
         os.replace(tmp, final)
-        for old in complete_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def prune_checkpoints(root: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` complete checkpoints (all of them when keep_last <= 0); main process only."""
+    for old in complete_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old)
+
+
+def remove_checkpoint(root: Path, step: int) -> None:
+    """Delete checkpoint-{step}, renaming it first so that a crash midway never leaves a half of it complete."""
+    path = root / f"checkpoint-{step}"
+    if path.is_dir():
+        doomed = path.with_name(path.name + ".tmp")
+        if doomed.exists():
+            shutil.rmtree(doomed)
+        os.replace(path, doomed)
+        shutil.rmtree(doomed)
 
 
 def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
