@@ -160,6 +160,45 @@ def test_a_blow_up_keeps_the_checkpoint_before_the_huge_weights_and_resume_start
     assert _steps(tmp_path) == [1, 2]
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of a given size mounted on a folder (root and a kernel that lets the container mount)."""
+    mounted = []
+
+    def mount(folder, size: str, remount: bool = False):
+        folder.mkdir(parents=True, exist_ok=True)
+        options = f"remount,size={size}" if remount else f"size={size}"
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here to fill a disk ({proc.stderr.strip() or 'not root'})")
+        mounted.append(folder)
+
+    yield mount
+    for folder in set(mounted):
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)  # lazy: a memory map may still hold a file
+
+
+def test_disk_full_during_a_checkpoint_is_one_line_and_the_previous_one_resumes(tmp_path, small_disk):
+    from sparsecut_core.training.checkpoints import CheckpointDiskFull
+
+    folder = tmp_path / "checkpoints"
+    small_disk(folder, "640k")  # a tiny pretraining checkpoint takes ~424 KiB: room for one, not two
+    with pytest.raises(CheckpointDiskFull) as stop:
+        _run(tmp_path, max_steps=6, save_every=2)
+    message = str(stop.value)
+    assert isinstance(stop.value, OSError)  # the CLI prints an OSError as one red line
+    assert "\n" not in message and f"no space left on the disk of {folder} for checkpoint-4" in message
+    assert "MB is free; the partial checkpoint-4.tmp was removed and checkpoint-2 is intact" in message
+    assert sorted(os.listdir(folder)) == ["checkpoint-2"]
+    before = _losses(tmp_path)
+    assert len(before) == 4  # step 4 was done, its checkpoint failed
+    small_disk(folder, "4m", remount=True)  # the user frees some space
+    _run(tmp_path, max_steps=6, save_every=2, resume=True)  # from checkpoint-2: steps 3 and 4 again, then 5, 6
+    assert _losses(tmp_path)[:4] == before and _steps(tmp_path) == list(range(1, 7))
+    assert sorted(os.listdir(folder)) == ["checkpoint-4", "checkpoint-6"]
+
+
 def _cli_pretrain(out, launcher):
     args = ["pretrain", "--preset", "tiny", "--data", "shapes:train:32", "--output", str(out), "--cpu",
             "--batch-size", "4", "--global-batch", "8", "--max-steps", "3", "--save-every", "10"]

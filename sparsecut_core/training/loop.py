@@ -26,7 +26,8 @@ from ..data.batching import Collator, modality_length_batches
 from ..data.records import BadSample, SkipCounter
 from ..files import write_json_atomic
 from ..model.attention import resolve_attention
-from .checkpoints import latest_checkpoint, load_checkpoint, prune_checkpoints, remove_checkpoint, save_checkpoint
+from .checkpoints import (checkpoint_bytes, latest_checkpoint, load_checkpoint, prune_checkpoints,
+                          remove_checkpoint, save_checkpoint)
 from .config import TrainConfig
 from .setup import make_accelerator, prepare_model, schedule
 
@@ -176,7 +177,8 @@ def train(
         """Save this step; older checkpoints are pruned once its weights give a finite loss (or at the end)."""
         if not _weights_finite(accelerator, trainable):
             raise _stop_non_finite(accelerator, checkpoints, f"weights are not finite after step {step}", None)
-        save_checkpoint(accelerator, checkpoints, {"step": step, "epoch": epoch, "position": position})
+        save_checkpoint(accelerator, checkpoints, {"step": step, "epoch": epoch, "position": position},
+                        checkpoint_bytes(trainable, optimizer))
         if step == total_steps and accelerator.is_main_process:
             prune_checkpoints(checkpoints, config.keep_last)
         return step
