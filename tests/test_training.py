@@ -65,14 +65,16 @@ _KILLED_RUN = textwrap.dedent("""
     def kill(log):
         if log.step == {kill_at}:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final checkpoint
-    _run(Path({out!r}), max_steps=8, save_every={save_every}, on_step=kill)
+    _run(Path({out!r}), max_steps=8, save_every={save_every}, on_step=kill, **{overrides!r})
 """)
 
 
-def _killed_run(out, kill_at: int, save_every: int) -> None:
+def _killed_run(out, kill_at: int, save_every: int, **overrides) -> None:
     """A real process that trains into `out` and SIGKILLs itself right after step `kill_at` is logged."""
-    script = _KILLED_RUN.format(tests=os.path.dirname(__file__), out=str(out), kill_at=kill_at, save_every=save_every)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    script = _KILLED_RUN.format(tests=os.path.dirname(__file__), out=str(out), kill_at=kill_at, save_every=save_every,
+                                overrides=overrides)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
 
 
@@ -83,6 +85,26 @@ def test_run_killed_with_sigkill_resumes_to_the_same_loss_curve(tmp_path):
     assert len(_losses(killed)) == 5 and not (killed / "model").exists()
     _run(killed, max_steps=8, save_every=2, resume=True)  # continues from checkpoint-4
     assert _losses(killed) == _losses(tmp_path / "whole")  # identical, step for step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tuning", [{}, {"lora_r": 8}, {"lora_r": 8, "qlora": True}], ids=["full", "lora", "qlora"])
+def test_finetune_killed_with_sigkill_resumes_exactly_with_workers_and_accumulation(tmp_path, tuning):
+    """Killed after step 5, resumed from checkpoint-3 (mid-epoch; an epoch is 6 steps): LoRA's dropout included."""
+    from safetensors.torch import load_file
+
+    settings = dict(stage="finetune", num_workers=2, **tuning)  # accumulation 2: per device 4, global 8
+    _run(tmp_path / "whole", max_steps=8, save_every=3, **settings)
+    killed = tmp_path / "killed"
+    _killed_run(killed, kill_at=5, save_every=3, **settings)
+    assert len(_losses(killed)) == 5
+    _run(killed, max_steps=8, save_every=3, resume=True, **settings)
+    whole, resumed = _losses(tmp_path / "whole"), _losses(killed)
+    assert len(resumed) == len(whole) == 8
+    assert max(abs(a - b) for a, b in zip(whole, resumed)) <= 1e-6, (whole, resumed)
+    for saved in ("checkpoints/checkpoint-8/model.safetensors", "model/model.safetensors"):
+        a, b = load_file(tmp_path / "whole" / saved), load_file(killed / saved)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), saved
 
 
 def _steps(out) -> list[int]:

@@ -189,8 +189,13 @@ def train(
             order = modality_length_batches(lengths, has_image, config.per_device_batch_size, seed=config.seed,
                                             epoch=epoch)[:batches_per_epoch]
             mine = order[position + rank::world]
+            # A generator of its own: iter(loader) draws the workers' base seed from it, which by default is
+            # torch's global RNG, the one that dropout (LoRA's) draws from. A resumed run restores that RNG
+            # and then builds its iterator mid-epoch, where the uninterrupted run built none: one draw apart,
+            # every dropout mask after the resume differed (issue 16 item 1).
+            seeds = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
             loader = torch.utils.data.DataLoader(dataset, batch_sampler=mine, collate_fn=collate,
-                                                 num_workers=config.num_workers)
+                                                 num_workers=config.num_workers, generator=seeds)
             micro = iter(loader)
             while step < total_steps and position < batches_per_epoch:
                 tick = time.perf_counter()
