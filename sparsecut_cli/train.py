@@ -63,7 +63,8 @@ def run_stage(stage: str, options: dict[str, Any]) -> None:
         dataset = encode_records(records, processor, template=config.template, max_length=config.max_length,
                                  skips=skips, cache_dir=output / "cache")
     accumulation = config.accumulation_steps(accelerator.num_processes)
-    say(f"[bold]{stage}[/] {preset.name}: {len(dataset)} samples from {data}, global batch "
+    left_out = f" ({skips.total} bad records left out, --on-bad-sample skip)" if skips.total else ""
+    say(f"[bold]{stage}[/] {preset.name}: {len(dataset)} samples from {data}{left_out}, global batch "
         f"{config.global_batch_size} = {config.per_device_batch_size} x {accelerator.num_processes} processes x "
         f"{accumulation} accumulation, lr {config.learning_rate}, template {config.template}, "
         f"precision {accelerator.mixed_precision}, attention "
@@ -93,9 +94,10 @@ def run_stage(stage: str, options: dict[str, Any]) -> None:
     except NonFiniteLoss as stop:
         err_console.print(f"[red]error:[/] {stop}")
         raise typer.Exit(1)
-    if skips.total:
-        say(f"[yellow]skipped {skips.total} bad samples:[/] " +
-            "; ".join(f"{n} x {reason}" for reason, n in sorted(skips.skipped.items())))
+    finally:  # also when the run stops: what was left out is part of what it did
+        if skips.total:
+            say(f"[yellow]skipped {skips.total} bad samples:[/] " +
+                "; ".join(f"{n} x {reason}" for reason, n in sorted(skips.skipped.items())), highlight=False)
     say(f"saved the trained model to {final} (log: {output / 'metrics.jsonl'})")
 
 

@@ -54,3 +54,38 @@ def test_library_notices_on_import_stay_off_the_terminal_but_real_warnings_do_no
     assert not logging.getLogger("bitsandbytes.backends.cpu.ops").isEnabledFor(logging.WARNING)
     assert logging.getLogger("bitsandbytes.backends.cpu.ops").isEnabledFor(logging.ERROR)
     assert logging.getLogger("transformers.modeling_utils").isEnabledFor(logging.WARNING)
+
+
+def test_finetune_with_skip_leaves_out_and_counts_every_kind_of_bad_record(tmp_path):
+    import json
+
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+
+    def record(rid, image="a.png", question="<image>\nwhat colour is the circle?", answer="red"):
+        row = {"id": rid, "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
+        return json.dumps({**row, "image": image} if image else row).encode()
+
+    lines = [record("i1"), record("i2"), record("i3"), record("t1", None, "hello?", "yes"),
+             record("t2", None, "hello?", "no"),
+             b"{oops",  # malformed JSON
+             b'{"id": "\xff"}',  # not UTF-8
+             json.dumps({"id": "empty", "conversations": []}).encode(),  # fails validation
+             record("gone", "missing.png"),  # image file missing
+             record("long", None, "hello " * 300, "yes"),  # no assistant token within --max-length
+             record("unreadable", "broken.png")]  # found only when its batch is collated
+    (tmp_path / "d.jsonl").write_bytes(b"\n".join(lines))
+    result = runner.invoke(app, ["finetune", "--preset", "tiny", "--data", str(tmp_path / "d.jsonl"), "--images",
+                                 str(tmp_path), "--output", str(tmp_path / "run"), "--cpu", "--batch-size", "2",
+                                 "--global-batch", "2", "--epochs", "1", "--max-length", "120",
+                                 "--on-bad-sample", "skip"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # rich wraps at the terminal's width
+    assert "(5 bad records left out, --on-bad-sample skip)" in said  # when loading
+    summary = said[said.index("skipped 6 bad samples:"):]  # at the end
+    for reason in ("1 x malformed JSON", "1 x not UTF-8 text", "1 x no conversations", "missing.png is missing",
+                   "1 x no assistant tokens left", "1 x unreadable image"):
+        assert reason in summary, reason
+    assert (tmp_path / "run" / "model" / "config.json").is_file()

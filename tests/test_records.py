@@ -72,6 +72,21 @@ def test_malformed_jsonl_line_names_the_line(folder):
         load_records(folder / "d.jsonl")
 
 
+def test_skip_policy_skips_and_counts_malformed_and_non_utf8_jsonl_lines(folder):
+    good = json.dumps({"id": "ok", "conversations": _dialogue("Hi?", "Yes.")}).encode()
+    bad_record = json.dumps({"id": "n", "image": "a.png"}).encode()
+    data = folder / "d.jsonl"
+    data.write_bytes(b"\n".join([good, b'{"id": "\xff"}', b"{oops", bad_record, good]))
+    skips = SkipCounter("skip")
+    records, _ = load_records(data, images=folder, skips=skips)
+    assert [r.where for r in records] == [f"{data}:1", f"{data}:5"]
+    assert skips.total == 3 and sorted(skips.skipped) == [
+        "malformed JSON (Expecting property name enclosed in double quotes)", "no conversations",
+        "not UTF-8 text (byte 9)"]
+    with pytest.raises(BadSample, match=r"d.jsonl:2: not UTF-8 text \(byte 9\)"):
+        load_records(data, images=folder)
+
+
 def test_datasets_folder_with_an_image_column(folder):
     import datasets
 

@@ -65,14 +65,16 @@ _KILLED_RUN = textwrap.dedent("""
     def kill(log):
         if log.step == {kill_at}:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final checkpoint
-    _run(Path({out!r}), max_steps=8, save_every={save_every}, on_step=kill)
+    _run(Path({out!r}), max_steps=8, save_every={save_every}, on_step=kill, **{overrides!r})
 """)
 
 
-def _killed_run(out, kill_at: int, save_every: int) -> None:
+def _killed_run(out, kill_at: int, save_every: int, **overrides) -> None:
     """A real process that trains into `out` and SIGKILLs itself right after step `kill_at` is logged."""
-    script = _KILLED_RUN.format(tests=os.path.dirname(__file__), out=str(out), kill_at=kill_at, save_every=save_every)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    script = _KILLED_RUN.format(tests=os.path.dirname(__file__), out=str(out), kill_at=kill_at, save_every=save_every,
+                                overrides=overrides)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
 
 
@@ -83,6 +85,26 @@ def test_run_killed_with_sigkill_resumes_to_the_same_loss_curve(tmp_path):
     assert len(_losses(killed)) == 5 and not (killed / "model").exists()
     _run(killed, max_steps=8, save_every=2, resume=True)  # continues from checkpoint-4
     assert _losses(killed) == _losses(tmp_path / "whole")  # identical, step for step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tuning", [{}, {"lora_r": 8}, {"lora_r": 8, "qlora": True}], ids=["full", "lora", "qlora"])
+def test_finetune_killed_with_sigkill_resumes_exactly_with_workers_and_accumulation(tmp_path, tuning):
+    """Killed after step 5, resumed from checkpoint-3 (mid-epoch; an epoch is 6 steps): LoRA's dropout included."""
+    from safetensors.torch import load_file
+
+    settings = dict(stage="finetune", num_workers=2, **tuning)  # accumulation 2: per device 4, global 8
+    _run(tmp_path / "whole", max_steps=8, save_every=3, **settings)
+    killed = tmp_path / "killed"
+    _killed_run(killed, kill_at=5, save_every=3, **settings)
+    assert len(_losses(killed)) == 5
+    _run(killed, max_steps=8, save_every=3, resume=True, **settings)
+    whole, resumed = _losses(tmp_path / "whole"), _losses(killed)
+    assert len(resumed) == len(whole) == 8
+    assert max(abs(a - b) for a, b in zip(whole, resumed)) <= 1e-6, (whole, resumed)
+    for saved in ("checkpoints/checkpoint-8/model.safetensors", "model/model.safetensors"):
+        a, b = load_file(tmp_path / "whole" / saved), load_file(killed / saved)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), saved
 
 
 def _steps(out) -> list[int]:
@@ -136,9 +158,67 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
         return out
 
     monkeypatch.setattr(SparseCutForConditionalGeneration, "forward", poisoned)
-    with pytest.raises(NonFiniteLoss, match="at step 3"):
+    with pytest.raises(NonFiniteLoss, match=r"at step 3; checkpoint-2 held those weights and was removed; the last "
+                                            r"good checkpoint is checkpoint-1 \(step 1\): --resume starts there"):
         _run(tmp_path, per_device_batch_size=8, save_every=1)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    # checkpoint-2's weights gave the NaN of step 3: only checkpoint-1's gave a finite loss
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-1"]
+
+
+def test_a_blow_up_keeps_the_checkpoint_before_the_huge_weights_and_resume_starts_there(tmp_path):
+    """lr 1e30: step 2's update (step 1 is warmup at lr 0) makes the weights ~1e30, finite, and step 3's loss NaN."""
+    from safetensors.torch import load_file
+
+    with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 3; .* the last good checkpoint is checkpoint-1 "):
+        _run(tmp_path, max_steps=8, save_every=1, learning_rate=1e30)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["checkpoint-1"]
+    weights = load_file(tmp_path / "checkpoints" / "checkpoint-1" / "model.safetensors")
+    assert max(float(t.abs().max()) for t in weights.values()) < 1e3
+    resumed = []
+    with pytest.raises(NonFiniteLoss, match="at step 3"):  # same settings, same blow-up: but from step 1
+        _run(tmp_path, max_steps=8, save_every=1, learning_rate=1e30, resume=True, on_step=resumed.append)
+    assert [log.step for log in resumed] == [2] and math.isfinite(resumed[0].loss)
+    assert _steps(tmp_path) == [1, 2]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of a given size mounted on a folder (root and a kernel that lets the container mount)."""
+    mounted = []
+
+    def mount(folder, size: str, remount: bool = False):
+        folder.mkdir(parents=True, exist_ok=True)
+        options = f"remount,size={size}" if remount else f"size={size}"
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here to fill a disk ({proc.stderr.strip() or 'not root'})")
+        mounted.append(folder)
+
+    yield mount
+    for folder in set(mounted):
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)  # lazy: a memory map may still hold a file
+
+
+def test_disk_full_during_a_checkpoint_is_one_line_and_the_previous_one_resumes(tmp_path, small_disk):
+    from sparsecut_core.training.checkpoints import CheckpointDiskFull
+
+    folder = tmp_path / "checkpoints"
+    small_disk(folder, "640k")  # a tiny pretraining checkpoint takes ~424 KiB: room for one, not two
+    with pytest.raises(CheckpointDiskFull) as stop:
+        _run(tmp_path, max_steps=6, save_every=2)
+    message = str(stop.value)
+    assert isinstance(stop.value, OSError)  # the CLI prints an OSError as one red line
+    assert "\n" not in message and f"no space left on the disk of {folder} for checkpoint-4" in message
+    assert "MB is free; the partial checkpoint-4.tmp was removed and checkpoint-2 is intact" in message
+    assert sorted(os.listdir(folder)) == ["checkpoint-2"]
+    before = _losses(tmp_path)
+    assert len(before) == 4  # step 4 was done, its checkpoint failed
+    small_disk(folder, "4m", remount=True)  # the user frees some space
+    _run(tmp_path, max_steps=6, save_every=2, resume=True)  # from checkpoint-2: steps 3 and 4 again, then 5, 6
+    assert _losses(tmp_path)[:4] == before and _steps(tmp_path) == list(range(1, 7))
+    assert sorted(os.listdir(folder)) == ["checkpoint-4", "checkpoint-6"]
 
 
 def _cli_pretrain(out, launcher):

@@ -106,18 +106,25 @@ def parse_record(raw: Any, where: str, images: Path | None) -> Record:
     return Record(record_id, image, tuple(turns), where)
 
 
-def _raw_from_file(path: Path) -> list[tuple[Any, str]]:
-    """(raw record, "file:line") pairs from LLaVA's .json (a list) or .jsonl."""
-    text = path.read_text(encoding="utf-8")
+def _raw_from_file(path: Path, skips: SkipCounter) -> list[tuple[Any, str]]:
+    """(raw record, "file:line") pairs from LLaVA's .json (a list) or .jsonl.
+
+    A .jsonl line that is not UTF-8 or not JSON is a bad record like any other: raised
+    under the `error` policy, counted and left out under `skip`. Lines are split on
+    newlines only (str.splitlines would also split on U+2028, which JSON strings may hold).
+    """
     if path.suffix == ".jsonl":
         out = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    out.append((json.loads(line), f"{path}:{n}"))
-                except json.JSONDecodeError as err:
-                    raise BadSample(f"{path}:{n}: malformed JSON ({err.msg})") from None
+        for n, line in enumerate(path.read_bytes().split(b"\n"), 1):
+            try:
+                if line.strip():
+                    out.append((json.loads(line.decode("utf-8")), f"{path}:{n}"))
+            except UnicodeDecodeError as err:
+                skips.handle(BadSample(f"{path}:{n}: not UTF-8 text (byte {err.start + 1})"))
+            except json.JSONDecodeError as err:
+                skips.handle(BadSample(f"{path}:{n}: malformed JSON ({err.msg})"))
         return out
+    text = path.read_text(encoding="utf-8")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -208,7 +215,7 @@ def load_records(
         if not path.exists():
             raise ValueError(f"data: {path} does not exist")
         if path.suffix in (".json", ".jsonl"):
-            raws = _raw_from_file(path)
+            raws = _raw_from_file(path, skips)
         else:
             raws, source.dataset = _raw_from_datasets(path)
     records = []

@@ -8,6 +8,7 @@ so a run killed mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -15,9 +16,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..files import write_json_atomic
 
 STATE_FILE = "trainer_state.json"
+_SLACK = 1 << 20  # RNG states, scheduler, trainer state and file system overhead
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -34,8 +38,24 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator, root: Path, state: dict[str, Any], keep_last: int) -> Path:
-    """Save the accelerator's state and `state` as checkpoint-{state['step']}; prune to `keep_last`."""
+class CheckpointDiskFull(OSError):
+    """No room for a checkpoint: the partial one is removed, the previous ones are intact."""
+
+
+def checkpoint_bytes(params, optimizer) -> int:
+    """About what a checkpoint of these trainable parameters and their optimizer state takes on disk."""
+    tensors = [*params, *(t for group in optimizer.state.values() for t in group.values() if torch.is_tensor(t))]
+    return sum(t.numel() * t.element_size() for t in tensors) + _SLACK
+
+
+def save_checkpoint(accelerator, root: Path, state: dict[str, Any], expected_bytes: int = 0) -> Path:
+    """Save the accelerator's state and `state` as checkpoint-{state['step']}.
+
+    Older checkpoints are left for `prune_checkpoints`, called once this one's weights
+    have given a finite loss: the one before it must survive until then. A write that
+    fails for want of space (`expected_bytes` is the estimate the message quotes) removes
+    the partial folder and raises CheckpointDiskFull.
+    """
     final = root / f"checkpoint-{state['step']}"
     if (final / STATE_FILE).is_file():  # already saved at this step (e.g. Ctrl-C right after a save)
         return final
@@ -43,15 +63,47 @@ def save_checkpoint(accelerator, root: Path, state: dict[str, Any], keep_last: i
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_json_atomic(tmp / STATE_FILE, state)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError (inline_container)
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(root).free
+        if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or free < expected_bytes:
+            previous = latest_checkpoint(root)
+            raise CheckpointDiskFull(
+                f"no space left on the disk of {root} for {final.name}: it needs about "
+                f"{_megabytes(expected_bytes)}, {_megabytes(free)} is free; the partial {tmp.name} was removed and "
+                + (f"{previous.name} is intact" if previous else "no earlier checkpoint exists")
+                + ": free some space, then --resume") from err
+        raise
     if accelerator.is_main_process:
-        write_json_atomic(tmp / STATE_FILE, state)
         os.replace(tmp, final)
-        for old in complete_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def prune_checkpoints(root: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` complete checkpoints (all of them when keep_last <= 0); main process only."""
+    for old in complete_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old)
+
+
+def remove_checkpoint(root: Path, step: int) -> None:
+    """Delete checkpoint-{step}, renaming it first so that a crash midway never leaves a half of it complete."""
+    path = root / f"checkpoint-{step}"
+    if path.is_dir():
+        doomed = path.with_name(path.name + ".tmp")
+        if doomed.exists():
+            shutil.rmtree(doomed)
+        os.replace(path, doomed)
+        shutil.rmtree(doomed)
 
 
 def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from ..data.batching import Collator, modality_length_batches
 from ..data.records import BadSample, SkipCounter
 from ..files import write_json_atomic
 from ..model.attention import resolve_attention
-from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoints import (checkpoint_bytes, latest_checkpoint, load_checkpoint, prune_checkpoints,
+                          remove_checkpoint, save_checkpoint)
 from .config import TrainConfig
 from .setup import make_accelerator, prepare_model, schedule
 
@@ -36,7 +37,7 @@ _RESUME_KEYS = ("stage", "learning_rate", "global_batch_size", "per_device_batch
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+    """The loss (or the weights) became NaN or infinite; the run stops and keeps its last good checkpoint."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -71,6 +72,29 @@ def _append_log(path: Path, log: StepLog) -> None:
     row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(log).items()}
     with path.open("a") as handle:
         handle.write(json.dumps(row, allow_nan=False) + "\n")
+
+
+def _stop_non_finite(accelerator, checkpoints: Path, what: str, unconfirmed: int | None) -> NonFiniteLoss:
+    """The error that stops the run, after removing the checkpoint whose weights gave the non-finite loss.
+
+    A checkpoint is good once the step after it has a finite loss: the weights it holds
+    can be finite yet huge (1e30 after one step of a far too high learning rate) and give
+    NaN only at the next forward. So a stop right after a save drops that save.
+    """
+    if accelerator.is_main_process and unconfirmed is not None:
+        remove_checkpoint(checkpoints, unconfirmed)
+    accelerator.wait_for_everyone()
+    dropped = f"checkpoint-{unconfirmed} held those weights and was removed; " if unconfirmed is not None else ""
+    kept = latest_checkpoint(checkpoints)
+    where = (f"the last good checkpoint is {kept.name} (step {kept.name.split('-')[1]}): --resume starts there"
+             if kept is not None else "no good checkpoint is left: --resume starts over")
+    return NonFiniteLoss(f"{what}; {dropped}{where}")
+
+
+def _weights_finite(accelerator, params: list[torch.Tensor]) -> bool:
+    """Whether every process's trainable weights are finite (each checks its own, FSDP shards included)."""
+    bad = sum(int((~torch.isfinite(p.detach())).any()) for p in params)
+    return int(accelerator.reduce(torch.tensor(bad, device=accelerator.device), reduction="sum")) == 0
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, data_key: str) -> None:
@@ -126,11 +150,13 @@ def train(
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     step, epoch, position = 0, 0, 0  # position: micro-batches of this epoch already consumed (all processes)
+    unconfirmed = None  # step of the newest checkpoint while no loss of its weights has been seen
     if resume and (found := latest_checkpoint(checkpoints)) is not None:
         saved_config = json.loads((out / "train_config.json").read_text()) if (out / "train_config.json").is_file() else {}
         _check_resumable(saved_config, config, data_key)
         state = load_checkpoint(accelerator, found)
         step, epoch, position = state["step"], state["epoch"], state["position"]
+        unconfirmed = step  # as after a save: its weights have yet to give a finite loss
     if accelerator.is_main_process:
         # the log holds each step once: steps after the checkpoint (all of them, without one) are redone
         _truncate_metrics(metrics_file, step)
@@ -147,9 +173,15 @@ def train(
     collate = Collator(processor, records, images, config.on_bad_sample)
     started = time.perf_counter()
 
-    def checkpoint() -> None:
+    def checkpoint() -> int:
+        """Save this step; older checkpoints are pruned once its weights give a finite loss (or at the end)."""
+        if not _weights_finite(accelerator, trainable):
+            raise _stop_non_finite(accelerator, checkpoints, f"weights are not finite after step {step}", None)
         save_checkpoint(accelerator, checkpoints, {"step": step, "epoch": epoch, "position": position},
-                        config.keep_last)
+                        checkpoint_bytes(trainable, optimizer))
+        if step == total_steps and accelerator.is_main_process:
+            prune_checkpoints(checkpoints, config.keep_last)
+        return step
 
     model.train()
     try:
@@ -157,8 +189,13 @@ def train(
             order = modality_length_batches(lengths, has_image, config.per_device_batch_size, seed=config.seed,
                                             epoch=epoch)[:batches_per_epoch]
             mine = order[position + rank::world]
+            # A generator of its own: iter(loader) draws the workers' base seed from it, which by default is
+            # torch's global RNG, the one that dropout (LoRA's) draws from. A resumed run restores that RNG
+            # and then builds its iterator mid-epoch, where the uninterrupted run built none: one draw apart,
+            # every dropout mask after the resume differed (issue 16 item 1).
+            seeds = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
             loader = torch.utils.data.DataLoader(dataset, batch_sampler=mine, collate_fn=collate,
-                                                 num_workers=config.num_workers)
+                                                 num_workers=config.num_workers, generator=seeds)
             micro = iter(loader)
             while step < total_steps and position < batches_per_epoch:
                 tick = time.perf_counter()
@@ -182,7 +219,12 @@ def train(
                 position += per_step
                 mean_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
                 if not math.isfinite(mean_loss):
-                    raise NonFiniteLoss(f"loss is {mean_loss} at step {step + 1}; the last good checkpoint is kept")
+                    raise _stop_non_finite(accelerator, checkpoints, f"loss is {mean_loss} at step {step + 1}",
+                                           unconfirmed)
+                if unconfirmed is not None:  # the newest checkpoint's weights gave a finite loss: it is good
+                    if accelerator.is_main_process:
+                        prune_checkpoints(checkpoints, config.keep_last)
+                    unconfirmed = None
                 grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
@@ -203,7 +245,7 @@ def train(
                 if position >= batches_per_epoch:  # the epoch is done: the next one has its own order
                     epoch, position = epoch + 1, 0
                 if step % config.save_every == 0 or step == total_steps:
-                    checkpoint()
+                    unconfirmed = checkpoint()
                 if position == 0:
                     break
     except KeyboardInterrupt:
