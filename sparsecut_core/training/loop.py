@@ -124,6 +124,7 @@ def train(
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = schedule(optimizer, config, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # FSDP2 swapped them for sharded ones
 
     step, epoch, position = 0, 0, 0  # position: micro-batches of this epoch already consumed (all processes)
     if resume and (found := latest_checkpoint(checkpoints)) is not None:
