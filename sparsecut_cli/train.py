@@ -94,7 +94,8 @@ def run_stage(stage: str, options: dict[str, Any]) -> None:
                         stats=f"loss {log.loss:.4f}  lr {log.lr:.2e}  {log.samples_per_s:.1f} samples/s  "
                               f"{log.tokens_per_s:.0f} tok/s")
 
-    run_info = {"preset": preset.name, "data_source": str(data), "images": str(images) if images else None,
+    run_info = {"launch": {"world_size": launch.world_size, "backend": launch.backend, "strategy": launch.strategy},
+                "preset": preset.name, "data_source": str(data), "images": str(images) if images else None,
                 "init_from": str(options.get("init_from") or options.get("from_llava") or "")}
     try:
         with progress:

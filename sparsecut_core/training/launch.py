@@ -122,3 +122,16 @@ def check_launch(request: LaunchRequest, launch: Launch) -> None:
         raise LaunchError(f"the accelerate config asks for FSDP but this run would be {launch.strategy}")
     if request.deepspeed and not launch.strategy.startswith("DeepSpeed"):
         raise LaunchError(f"the accelerate config asks for DeepSpeed but this run would be {launch.strategy}")
+
+
+def parameters_held(model) -> int:
+    """Parameter elements this process holds: its shard under FSDP2 (DTensor) or ZeRO-3, all of them otherwise."""
+    held = 0
+    for param in model.parameters():
+        if hasattr(param, "to_local"):
+            held += param.to_local().numel()
+        elif hasattr(param, "ds_tensor"):
+            held += param.ds_tensor.numel()
+        else:
+            held += param.numel()
+    return held
