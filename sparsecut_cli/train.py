@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
@@ -37,6 +38,7 @@ def run_stage(stage: str, options: dict[str, Any]) -> None:
     from sparsecut_core.presets.start import starting_model
     from sparsecut_core.training.config import TrainConfig
     from sparsecut_core.training.loop import NonFiniteLoss, TrainingInterrupted, train
+    from sparsecut_core.training.launch import LaunchError, describe
     from sparsecut_core.training.setup import make_accelerator
 
     preset = load_preset(options["preset"])
@@ -50,9 +52,20 @@ def run_stage(stage: str, options: dict[str, Any]) -> None:
     if output.exists() and any(output.iterdir()) and not options["resume"]:
         raise ValueError(f"{output} is not empty: pass --resume to continue that run, or choose another --output")
 
-    accelerator = make_accelerator(config, cpu=options["cpu"], log_dir=str(output))
+    try:
+        accelerator = make_accelerator(config, cpu=options["cpu"], log_dir=str(output), environ=os.environ)
+    except LaunchError as stop:  # every process stops; one of them says why
+        if os.environ.get("RANK", "0") == "0":
+            err_console.print(f"[red]error:[/] {stop}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     main = accelerator.is_main_process
     say = console.print if main else (lambda *a, **k: None)
+    launch = describe(accelerator)
+    say(f"launch: {launch.world_size} process{'es' if launch.world_size > 1 else ''}, backend {launch.backend}, "
+        f"strategy {launch.strategy}, device {launch.device}", highlight=False)
+    if options["per_device_batch_size"] is None:  # the preset's batch, split over however many processes run
+        config = config.fit_to(accelerator.num_processes)
+    config.accumulation_steps(accelerator.num_processes)  # a batch that does not split stops here, before loading
     model, processor = starting_model(
         preset, init_from=options.get("init_from"), from_llava=options.get("from_llava"), vision=options["vision"],
         llm=options["llm"], seed=config.seed, template=config.template, cache_dir=gguf_cache_dir(),
@@ -82,7 +95,8 @@ def run_stage(stage: str, options: dict[str, Any]) -> None:
                         stats=f"loss {log.loss:.4f}  lr {log.lr:.2e}  {log.samples_per_s:.1f} samples/s  "
                               f"{log.tokens_per_s:.0f} tok/s")
 
-    run_info = {"preset": preset.name, "data_source": str(data), "images": str(images) if images else None,
+    run_info = {"launch": {"world_size": launch.world_size, "backend": launch.backend, "strategy": launch.strategy},
+                "preset": preset.name, "data_source": str(data), "images": str(images) if images else None,
                 "init_from": str(options.get("init_from") or options.get("from_llava") or "")}
     try:
         with progress:

@@ -99,7 +99,9 @@ def test_shipped_accelerate_configs_load():
 
     kinds = {path.stem: load_config_from_file(str(path)).distributed_type.value
              for path in sorted((PRESET_DIR / "accelerate").glob("*.yaml"))}
-    assert kinds == {"cpu2": "MULTI_CPU", "ddp": "MULTI_GPU", "fsdp": "FSDP", "zero2": "DEEPSPEED",
+    # cpu2 is MULTI_GPU so that `accelerate launch` starts its two processes (its MULTI_CPU starts one); without
+    # GPUs they run as gloo DDP on CPU (test_launch.py runs both ways of launching them)
+    assert kinds == {"cpu2": "MULTI_GPU", "ddp": "MULTI_GPU", "fsdp": "FSDP", "zero2": "DEEPSPEED",
                      "zero3": "DEEPSPEED"}
 
 

@@ -117,6 +117,6 @@ def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
 
 def keep_trainable_weights(models, weights, output_dir) -> None:
     """accelerate save-state hook: store only the parameters that train (frozen ones come from the base)."""
-    for k, model in enumerate(models):
+    for k, model in enumerate(models[:len(weights)]):  # FSDP: none here, accelerate writes the shards itself
         trainable = {name for name, param in model.named_parameters() if param.requires_grad}
         weights[k] = {name: tensor for name, tensor in weights[k].items() if name in trainable}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ..data.records import SkipCounter
@@ -71,6 +71,18 @@ class TrainConfig:
                 f"{self.per_device_batch_size} x {world_size} processes"
             )
         return self.global_batch_size // per_step
+
+    def fit_to(self, world_size: int) -> TrainConfig:
+        """This config with the per-device batch lowered, if needed, to the largest that splits the global
+        batch evenly over `world_size` processes (a preset's default batch on more processes than it assumed)."""
+        if self.global_batch_size % (self.per_device_batch_size * world_size) == 0:
+            return self
+        if self.global_batch_size % world_size:
+            raise ValueError(f"global_batch_size {self.global_batch_size} does not split over {world_size} "
+                             f"processes: pass a --global-batch that is a multiple of {world_size}")
+        share = self.global_batch_size // world_size
+        fitting = max(d for d in range(1, min(self.per_device_batch_size, share) + 1) if share % d == 0)
+        return replace(self, per_device_batch_size=fitting)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

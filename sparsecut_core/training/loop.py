@@ -29,6 +29,7 @@ from ..model.attention import resolve_attention
 from .checkpoints import (checkpoint_bytes, latest_checkpoint, load_checkpoint, prune_checkpoints,
                           remove_checkpoint, save_checkpoint)
 from .config import TrainConfig
+from .launch import parameters_held
 from .setup import make_accelerator, prepare_model, schedule
 
 # Fields that must agree between a run and the checkpoint it resumes from.
@@ -147,7 +148,10 @@ def train(
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = schedule(optimizer, config, total_steps)
+    parameters = sum(p.numel() for p in model.parameters())
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    held = parameters_held(model)  # this process's shard under FSDP / ZeRO-3
+    trainable = [p for p in model.parameters() if p.requires_grad]  # FSDP2 swapped them for sharded ones
 
     step, epoch, position = 0, 0, 0  # position: micro-batches of this epoch already consumed (all processes)
     unconfirmed = None  # step of the newest checkpoint while no loss of its weights has been seen
@@ -164,6 +168,7 @@ def train(
         write_json_atomic(out / "train_config.json", {
             **asdict(config), **(run_info or {}), "data": data_key, "world_size": world,
             "accumulation_steps": accumulation, "total_steps": total_steps, "samples": len(dataset),
+            "parameters": parameters, "parameters_per_process": held,
             "mixed_precision": accelerator.mixed_precision,
             "attn_implementation": resolve_attention(config.attention, accelerator.device, accelerator.mixed_precision),
         })
