@@ -33,7 +33,6 @@ import torch
 from openai import OpenAI
 from PIL import Image
 
-from sparsecut_core.data.templates import Turn
 from sparsecut_core.inference.chat import Chat, Sampling
 from sparsecut_core.presets.build import build_from_preset
 from sparsecut_core.presets.preset import load_preset

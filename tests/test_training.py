@@ -233,6 +233,7 @@ def _cli_pretrain(out, launcher):
 
 # On an H100 machine (torch 2.11) two `--cpu` gloo processes failed at their first barrier: rank 1
 # picked CUDA device 1 ("invalid device ordinal"). CI and CPU boxes have no GPU; GPU nodes use NCCL.
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="2-process CPU training is for machines without a GPU")
 def test_two_gloo_processes_reach_the_parameters_of_one(tmp_path):
     """2 processes x 1 accumulation step = 1 process x 2 accumulation steps, same global batch of 8."""

@@ -248,10 +248,10 @@ def _one_writer(answers_path: Path, records: list[dict | None], info: RunInfo) -
     if not writers or writers == {"none"}:
         return None
     writer = json.loads(writers.pop())
-    for field in MODEL_FIELDS:
-        mine = getattr(info, field)
-        if mine is not None and writer.get(field) != mine:
-            raise ValueError(f"{answers_path} holds answers of another model ({field} {writer.get(field)}, "
+    for name in MODEL_FIELDS:
+        mine = getattr(info, name)
+        if mine is not None and writer.get(name) != mine:
+            raise ValueError(f"{answers_path} holds answers of another model ({name} {writer.get(name)}, "
                              f"this one {mine}); give the model folder that wrote them, or another --out")
     return writer
 
