@@ -84,3 +84,12 @@ def tiny(tmp_path_factory):
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return model.eval(), processor, folder
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matmuls on a shared 2-core machine run ~20x faster without intra-op threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

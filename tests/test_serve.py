@@ -29,7 +29,6 @@ from functools import partial
 
 import openai
 import pytest
-import torch
 from openai import OpenAI
 from PIL import Image
 
@@ -44,12 +43,7 @@ from sparsecut_core.serving.server import serve_in_thread
 NAME = "tiny"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
