@@ -84,6 +84,8 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
             language_model = AutoModelForCausalLM.from_config(config.text_config)
         wrap_decoder_layers(language_model)
         self.language_model = language_model
+        # a VisionFeatureCache (feature_cache.py) while the tower is frozen: set by training and evaluation
+        self.feature_cache = None
         self.post_init()
 
     # --- builders (parts.py, llava.py) and training stages (freezing.py) ---
@@ -183,15 +185,26 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
                 f"pixel_values has {views} views per image, the model expects {self.config.num_views} "
                 f"(hi_res={self.config.hi_res}, crop_grid={self.config.crop_grid})"
             )
-        dtype = self.vision_tower.dtype
-        # the tower runs once over every view of every image: [N * views, 3, H, W]
         trainable = any(p.requires_grad for p in self.vision_tower.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
-            # only the source layers' hidden states are kept (the others come back as None)
-            out = self.vision_tower(pixel_values.flatten(0, 1).to(dtype), output_hidden_states=self.config.source_layers)
+        if self.feature_cache is not None and not trainable:
+            by_layer = self.feature_cache.features(pixel_values, self._tower_hidden_states)
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+                by_layer = self._tower_hidden_states(pixel_values)
+        low = {i: h[:, 0] for i, h in by_layer.items()}
+        high = {i: h[:, 1:].flatten(1, 2) for i, h in by_layer.items()}
+        return low, (high if views > 1 else None)
+
+    def _tower_hidden_states(self, pixel_values: torch.Tensor) -> dict[int, torch.Tensor]:
+        """{source layer: [N, views, M_v, D_v]}: the tower once over every view of every image."""
+        n, views = pixel_values.shape[:2]
+        # only the source layers' hidden states are kept (the others come back as None)
+        out = self.vision_tower(
+            pixel_values.flatten(0, 1).to(self.vision_tower.dtype), output_hidden_states=self.config.source_layers
+        )
         # `patch` features drop the class (and register) tokens; `full` keeps them
         skip = vision_prefix_tokens(self.config.vision_config) if self.config.vision_feature_select == "patch" else 0
-        low, high = {}, {}
+        by_layer = {}
         for i in self.config.source_layers:
             h = out.hidden_states[i][:, skip:]
             if h.shape[1] != self.config.num_image_tokens:
@@ -201,10 +214,8 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
                     f"(views of {self.config.view_size} px, patch_size {self.config.vision_config.patch_size}): "
                     f"the processor's image size and the config's image_size disagree"
                 )
-            h = h.reshape(n, views, h.shape[1], h.shape[2])
-            low[i] = h[:, 0]
-            high[i] = h[:, 1:].flatten(1, 2)
-        return low, (high if views > 1 else None)
+            by_layer[i] = h.reshape(n, views, h.shape[1], h.shape[2])
+        return by_layer
 
     def image_shortcuts(self, visual: torch.Tensor, pixel_values: torch.Tensor) -> Shortcuts:
         """The adapter outputs Z and the visual positions (`visual`: [B, T] image-token mask) they go to."""

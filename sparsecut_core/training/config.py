@@ -33,6 +33,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     attention: str = "auto"  # auto: flash_attention_2 on CUDA in bf16/fp16 when flash-attn is installed, else sdpa
     unfreeze_vision: bool = False
+    cache_vision_features: bool = False  # a frozen tower runs once per image per run (feature_cache.py); off with unfreeze_vision
     lora_r: int = 0  # 0: full finetuning of the LLM; > 0: LoRA of this rank (peft)
     lora_alpha: int = 16
     lora_dropout: float = 0.05

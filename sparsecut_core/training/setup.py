@@ -10,6 +10,7 @@ import torch
 
 from ..inference.quantization import load_quantized
 from ..model.attention import resolve_attention
+from ..model.feature_cache import VisionFeatureCache
 from ..model.freezing import set_trainable
 from .checkpoints import keep_trainable_weights
 from .config import TrainConfig
@@ -80,6 +81,9 @@ def prepare_model(model, config: TrainConfig, device: torch.device | None = None
     if config.qlora:
         model = load_quantized(model, "4bit", device or torch.device("cpu"))
     set_trainable(model, config.stage, config.unfreeze_vision)
+    if config.cache_vision_features and not config.unfreeze_vision:
+        VisionFeatureCache.check_tower(model.vision_tower)
+        model.feature_cache = VisionFeatureCache()
     if config.lora_r:
         from peft import LoraConfig, get_peft_model
 

@@ -1,0 +1,77 @@
+"""Frozen-tower features kept per image, so that each image passes the vision tower once per run.
+
+With the tower frozen (SPEC's recipe in both stages) its hidden states depend on
+the pixels alone, yet a run of several epochs, or an evaluation that answers
+many questions about one image, recomputes them at every step. The cache keys
+every image (all its views) by a digest of its pixel values and keeps the
+source layers' hidden states of the images it has seen; a batch runs the tower
+over its new images only. It holds tensors, never touches files, and is used
+only while no tower parameter trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import torch
+
+TowerFn = Callable[[torch.Tensor], dict[int, torch.Tensor]]  # pixels [N, views, 3, H, W] -> {layer: [N, views, M, D]}
+
+
+def image_digest(pixels: torch.Tensor) -> bytes:
+    """A digest of one image's pixel values (all views), its dtype and shape included."""
+    data = pixels.detach().contiguous().cpu()
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{data.dtype}{tuple(data.shape)}".encode())
+    h.update(data.view(torch.uint8).numpy().tobytes() if data.dtype == torch.bfloat16 else data.numpy().tobytes())
+    return h.digest()
+
+
+class VisionFeatureCache:
+    """Source-layer hidden states of the images seen so far, up to `max_bytes` (new images beyond it are
+    computed as usual and not kept)."""
+
+    def __init__(self, max_bytes: int = 4 << 30):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._store: dict[bytes, dict[int, torch.Tensor]] = {}
+
+    @staticmethod
+    def check_tower(tower: torch.nn.Module) -> None:
+        """Raises unless the tower's features are a function of the pixels alone, in train mode too."""
+        for name, module in tower.named_modules():
+            if isinstance(module, torch.nn.Dropout) and module.p > 0:
+                raise ValueError(f"cannot cache vision features: the tower's {name} drops out with p={module.p}")
+            if getattr(module, "drop_prob", 0.0):  # DINOv2's stochastic depth
+                raise ValueError(f"cannot cache vision features: the tower's {name} has drop_path {module.drop_prob}")
+        if any(p.requires_grad for p in tower.parameters()):
+            raise ValueError("cannot cache vision features of a tower that trains (unfreeze_vision is on)")
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def features(self, pixels: torch.Tensor, tower: TowerFn) -> dict[int, torch.Tensor]:
+        """{layer: [N, views, M, D]} for `pixels` [N, views, 3, H, W], running `tower` over unseen images only."""
+        keys = [image_digest(image) for image in pixels]
+        unseen: dict[bytes, int] = {}  # key -> its first row in the batch
+        for row, key in enumerate(keys):
+            if key not in self._store and key not in unseen:
+                unseen[key] = row
+        fresh: dict[bytes, dict[int, torch.Tensor]] = {}
+        if unseen:
+            rows = list(unseen.values())
+            computed = tower(pixels[rows])
+            for n, key in enumerate(unseen):
+                fresh[key] = {layer: h[n].clone() for layer, h in computed.items()}
+        self.misses += len(unseen)
+        self.hits += len(keys) - len(unseen)
+        for key, feats in fresh.items():
+            size = sum(t.numel() * t.element_size() for t in feats.values())
+            if self.bytes + size <= self.max_bytes:
+                self._store[key] = feats
+                self.bytes += size
+        by_key = {**self._store, **fresh}
+        return {layer: torch.stack([by_key[key][layer] for key in keys]) for layer in by_key[keys[0]]}

@@ -1,0 +1,104 @@
+"""The frozen-tower feature cache: same numbers as the tower, the tower only over unseen images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import IMAGE_SIZE, M_V, image_prompt, pad_batch, tiny_model
+
+from sparsecut_core.model.feature_cache import VisionFeatureCache
+from sparsecut_core.model.freezing import set_trainable
+from sparsecut_core.training.config import TrainConfig
+from sparsecut_core.training.setup import prepare_model
+
+
+def _batch(images: int, seed: int):
+    rows = [image_prompt(30, 4, seed=seed + k) for k in range(images)]
+    ids, mask = pad_batch(rows, "right")
+    return ids, mask
+
+
+class _CountingTower(torch.nn.Module):
+    """Wraps a tower and counts the images it sees."""
+
+    def __init__(self, tower):
+        super().__init__()
+        self.tower, self.seen = tower, 0
+
+    def forward(self, pixel_values, **kw):
+        self.seen += pixel_values.shape[0]
+        return self.tower(pixel_values, **kw)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["tower"], name)
+
+
+@pytest.mark.parametrize("hi_res", [False, True])
+def test_cached_features_give_the_same_logits_and_skip_seen_images(hi_res):
+    model = tiny_model(hi_res=hi_res)
+    set_trainable(model, "finetune")
+    views = 5 if hi_res else 1
+    pixels = torch.randn(4, views, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(3))
+    ids, mask = _batch(4, seed=0)
+    with torch.no_grad():
+        plain = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
+    model.vision_tower = tower = _CountingTower(model.vision_tower)
+    model.feature_cache = VisionFeatureCache()
+    with torch.no_grad():
+        first = model(input_ids=ids[:2], attention_mask=mask[:2], pixel_values=pixels[:2]).logits
+        # images 0 and 1 again (in another order, one of them twice) and the new images 2 and 3
+        order = [1, 2, 0, 3, 1]
+        again = model(input_ids=ids[order], attention_mask=mask[order], pixel_values=pixels[order]).logits
+    assert tower.seen == 4 * views  # every image through the tower once
+    assert (model.feature_cache.hits, model.feature_cache.misses) == (3, 4)
+    torch.testing.assert_close(first, plain[:2], rtol=0, atol=1e-5)
+    torch.testing.assert_close(again, plain[order], rtol=0, atol=1e-5)
+
+
+def test_a_training_tower_is_never_cached(pixels):
+    model = tiny_model()
+    set_trainable(model, "finetune", unfreeze_vision=True)
+    model.feature_cache = VisionFeatureCache()
+    ids, mask = _batch(2, seed=0)
+    model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=ids).loss.backward()
+    assert len(model.feature_cache) == 0
+    assert model.vision_tower.embeddings.patch_embedding.weight.grad is not None
+
+
+def test_gradients_reach_the_adapter_through_cached_features(pixels):
+    model = tiny_model()
+    set_trainable(model, "finetune")
+    model.feature_cache = VisionFeatureCache()
+    ids, mask = _batch(2, seed=0)
+    for _ in range(2):  # the second pass reads the cache
+        model.zero_grad()
+        model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=ids).loss.backward()
+        assert model.adapter.adapters[0].projector.linear_1.weight.grad.abs().sum() > 0
+    assert model.feature_cache.hits == 2
+
+
+def test_the_cache_stops_growing_at_its_budget(pixels):
+    model = tiny_model()
+    set_trainable(model, "finetune")
+    per_image = len(model.config.source_layers) * M_V * model.config.vision_config.hidden_size * 4
+    model.feature_cache = VisionFeatureCache(max_bytes=per_image)
+    ids, mask = _batch(2, seed=0)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+    assert len(model.feature_cache) == 1 and model.feature_cache.bytes == per_image
+
+
+def test_prepare_model_caches_only_a_frozen_tower_without_dropout(tmp_path):
+    config = TrainConfig(stage="finetune", output_dir=str(tmp_path), learning_rate=1e-3, global_batch_size=2,
+                         cache_vision_features=True)
+    assert isinstance(prepare_model(tiny_model(), config).feature_cache, VisionFeatureCache)
+    unfrozen = TrainConfig(**{**config.__dict__, "unfreeze_vision": True})
+    assert prepare_model(tiny_model(), unfrozen).feature_cache is None
+    dropout = tiny_model()
+    for layer in dropout.vision_tower.encoder.layers:
+        layer.mlp.fc1 = torch.nn.Sequential(layer.mlp.fc1, torch.nn.Dropout(0.1))
+    with pytest.raises(ValueError, match="drops out with p=0.1"):
+        prepare_model(dropout, config)
