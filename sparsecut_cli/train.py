@@ -71,7 +71,8 @@ def run_stage(stage: str, options: dict[str, Any]) -> None:
         llm=options["llm"], seed=config.seed, template=config.template, cache_dir=gguf_cache_dir(),
     )
     skips = SkipCounter(config.on_bad_sample)
-    records, source = load_records(data, images=images, stage=stage, image_size=_image_size(processor), skips=skips)
+    records, source = load_records(data, images=images, stage=stage, image_size=processor.full_view_size,
+                                     skips=skips)
     with accelerator.main_process_first():  # one process tokenizes, the others read its cache
         dataset = encode_records(records, processor, template=config.template, max_length=config.max_length,
                                  skips=skips, cache_dir=output / "cache")
@@ -113,12 +114,6 @@ def run_stage(stage: str, options: dict[str, Any]) -> None:
             say(f"[yellow]skipped {skips.total} bad samples:[/] " +
                 "; ".join(f"{n} x {reason}" for reason, n in sorted(skips.skipped.items())), highlight=False)
     say(f"saved the trained model to {final} (log: {output / 'metrics.jsonl'})")
-
-
-def _image_size(processor) -> int:
-    """Shapes images are drawn at the hi-res size, so the crops carry real detail."""
-    rows, cols = processor.crop_grid
-    return processor.base_size * max(rows, cols) if processor.hi_res else processor.base_size
 
 
 def _command(stage: str):

@@ -262,6 +262,13 @@ def test_shapes_is_the_synthetic_test_split_with_the_short_answer_suffix_scored_
 # ---- Hugging Face datasets ---------------------------------------------------------------------
 
 
+def test_shapes_draws_its_scenes_at_the_size_training_draws_them_for_the_model(tiny):
+    _, processor, _ = tiny
+    bench = get_benchmark("shapes").drawn_for(processor)
+    assert bench.load(None, limit=1).samples[0].image.size == (processor.full_view_size,) * 2 == (112, 112)
+    assert get_benchmark("shapes").load(None, limit=1).samples[0].image.size == (224, 224)  # without a model
+
+
 def test_pope_reads_a_saved_hugging_face_dataset_and_a_parquet_snapshot(tmp_path):
     import datasets
 

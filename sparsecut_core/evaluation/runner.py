@@ -117,7 +117,7 @@ def evaluate(
     `model_dir` is the folder `model` was loaded from (its weights id keys the answers); without
     it the weights are hashed in memory.
     """
-    bench = get_benchmark(benchmark)
+    bench = get_benchmark(benchmark).drawn_for(processor)
     samples, skipped = select_samples(bench.load(data, settings.split, settings.limit), settings, asking=True)
     answers_path = Path(out_dir) / bench.name / ANSWERS_FILE
     info = run_info(model_dir, model)

@@ -129,6 +129,11 @@ class SparseCutProcessor(ProcessorMixin):
         return cls.from_args_and_dict([image_processor, tokenizer], processor_dict)
 
     @property
+    def full_view_size(self) -> int:
+        """The side of the largest view of an image: the high-resolution one (all crops) with hi_res, else the base."""
+        return self.base_size * max(self.crop_grid) if self.hi_res else self.base_size
+
+    @property
     def image_token_id(self) -> int:
         """Id of the image token; `input_ids` hold it at every visual position."""
         return self.tokenizer.convert_tokens_to_ids(self.image_token)

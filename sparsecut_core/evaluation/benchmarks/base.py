@@ -80,6 +80,11 @@ class Benchmark:
         """Every sample of the benchmark (`limit` only lets a reader stop early; the caller applies it)."""
         raise NotImplementedError
 
+    def drawn_for(self, processor: Any) -> Benchmark:
+        """This benchmark with the images it draws itself drawn at the size `processor`'s model looks at
+        (the same pixels the model was trained on); benchmarks that read image files return themselves."""
+        return self
+
     def metrics(self, samples: list[Sample], predictions: list[str]) -> dict[str, float]:
         raise NotImplementedError
 
