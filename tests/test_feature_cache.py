@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import IMAGE_SIZE, M_V, image_prompt, pad_batch, tiny_model
 
-from sparsecut_core.model.feature_cache import VisionFeatureCache
+from sparsecut_core.model.feature_cache import VisionFeatureCache, caching_features
 from sparsecut_core.model.freezing import set_trainable
 from sparsecut_core.training.config import TrainConfig
 from sparsecut_core.training.setup import prepare_model
@@ -102,3 +102,15 @@ def test_prepare_model_caches_only_a_frozen_tower_without_dropout(tmp_path):
         layer.mlp.fc1 = torch.nn.Sequential(layer.mlp.fc1, torch.nn.Dropout(0.1))
     with pytest.raises(ValueError, match="drops out with p=0.1"):
         prepare_model(dropout, config)
+
+
+def test_evaluation_caches_for_its_duration_only_a_model_in_eval_mode(pixels):
+    model = tiny_model()  # loaded models keep requires_grad on: no gradient is taken under no_grad
+    ids, mask = _batch(2, seed=0)
+    with caching_features(model), torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+        model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+        assert model.feature_cache.hits == 2
+    assert model.feature_cache is None
+    with caching_features(model.train()):
+        assert model.feature_cache is None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_json_atomic
+from ..model.feature_cache import caching_features
 from .ablation import ABLATIONS, ablated, ablated_benchmark
 from .answers import ANSWERS_FILE, Progress, drop_torn_tail, ensure_pad_token, first_model_id, generate_answers, \
     generate_kwargs, keyed_answers, latest_records, match_answers, question_prompt, read_answers
@@ -124,29 +125,30 @@ def evaluate(
     check_same_model(Path(out_dir) / RESULTS_FILE, info)  # before reusing its answers or spending time on new ones
     ensure_pad_token(processor.tokenizer)  # the pad token is one of the generation settings
     generation = generation_settings(model, generate_kwargs(model, processor.tokenizer, settings.max_new_tokens))
-    asked = _Asked(model, processor, info, generation, settings, progress)
-    keys = asked.keys(samples)
-    generated, left_out, recomputed = asked.answer_missing(samples, keys, answers_path, bench.name)
-    dropped = {id(s) for s, _ in left_out}
-    kept = [(s, k) for s, k in zip(samples, keys) if id(s) not in dropped]
-    report = _score_and_record(bench, [s for s, _ in kept], answers_path, Path(out_dir), data, info, settings,
-                               skipped + [why for _, why in left_out], keys=[k for _, k in kept],
-                               generation=generation)
-    report.generated, report.recomputed, report.generation = generated, recomputed, generation
-    report.reused = len(samples) - generated - len(left_out)
-    if settings.image_ablation:
-        for condition in ABLATIONS:
-            changed = ablated([s for s, _ in kept], condition)  # every image was readable in the true-image pass
-            changed_keys = asked.keys(changed)
-            path = answers_path.with_name(f"answers.{condition}.jsonl")
-            name = ablated_benchmark(bench.name, condition)
-            new, _, stale = asked.answer_missing(changed, changed_keys, path, name)
-            scores, _, _, _ = _scores(bench, changed, path, settings, loose=False, keys=changed_keys)
-            report.ablations[condition] = scores
-            write_results(Path(out_dir) / RESULTS_FILE, name, scores, info, generation)
-            report.generated += new
-            for why, count in stale.items():
-                report.recomputed[why] = report.recomputed.get(why, 0) + count
+    with caching_features(model):  # the ablation asks about every image again
+        asked = _Asked(model, processor, info, generation, settings, progress)
+        keys = asked.keys(samples)
+        generated, left_out, recomputed = asked.answer_missing(samples, keys, answers_path, bench.name)
+        dropped = {id(s) for s, _ in left_out}
+        kept = [(s, k) for s, k in zip(samples, keys) if id(s) not in dropped]
+        report = _score_and_record(bench, [s for s, _ in kept], answers_path, Path(out_dir), data, info, settings,
+                                   skipped + [why for _, why in left_out], keys=[k for _, k in kept],
+                                   generation=generation)
+        report.generated, report.recomputed, report.generation = generated, recomputed, generation
+        report.reused = len(samples) - generated - len(left_out)
+        if settings.image_ablation:
+            for condition in ABLATIONS:
+                changed = ablated([s for s, _ in kept], condition)  # every image was readable in the true-image pass
+                changed_keys = asked.keys(changed)
+                path = answers_path.with_name(f"answers.{condition}.jsonl")
+                name = ablated_benchmark(bench.name, condition)
+                new, _, stale = asked.answer_missing(changed, changed_keys, path, name)
+                scores, _, _, _ = _scores(bench, changed, path, settings, loose=False, keys=changed_keys)
+                report.ablations[condition] = scores
+                write_results(Path(out_dir) / RESULTS_FILE, name, scores, info, generation)
+                report.generated += new
+                for why, count in stale.items():
+                    report.recomputed[why] = report.recomputed.get(why, 0) + count
     return report
 
 

@@ -11,8 +11,9 @@ only while no tower parameter trains.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -75,3 +76,18 @@ class VisionFeatureCache:
                 self.bytes += size
         by_key = {**self._store, **fresh}
         return {layer: torch.stack([by_key[key][layer] for key in keys]) for layer in by_key[keys[0]]}
+
+
+@contextlib.contextmanager
+def caching_features(model: torch.nn.Module, max_bytes: int = 1 << 30) -> Iterator[None]:
+    """Caches the tower's features while the block runs, for a model in eval mode without one already
+    (an evaluation with image ablation asks about every image more than once)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the model
+    if getattr(base, "feature_cache", False) is not None or base.training:
+        yield
+        return
+    base.feature_cache = VisionFeatureCache(max_bytes)
+    try:
+        yield
+    finally:
+        base.feature_cache = None

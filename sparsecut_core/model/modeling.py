@@ -186,7 +186,7 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
                 f"(hi_res={self.config.hi_res}, crop_grid={self.config.crop_grid})"
             )
         trainable = any(p.requires_grad for p in self.vision_tower.parameters())
-        if self.feature_cache is not None and not trainable:
+        if self.feature_cache is not None and not (trainable and torch.is_grad_enabled()):
             by_layer = self.feature_cache.features(pixel_values, self._tower_hidden_states)
         else:
             with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
