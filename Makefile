@@ -22,17 +22,19 @@ $(BIN)/sparsecut: pyproject.toml $(LOCK)
 
 install: $(BIN)/sparsecut
 
-# The embedded default: pretrain then finetune the tiny preset on the built-in shapes
-# data, score it on the held-out test split beside the untrained model, and ask it about
-# one held-out image; 2 CPU cores, a few minutes. Rerunning resumes or reuses what is done.
+# The embedded default: the tiny random LLM finetuned over DINOv2-small (pretrained, frozen, its features
+# computed once per image) on the built-in shapes data, scored on the held-out test split with true,
+# deranged and blank images beside the untrained model, then asked about one held-out image; 2 CPU cores,
+# minutes. No pretraining stage: with a random LLM frozen, it teaches the adapter nothing (README,
+# "Grounding"). Rerunning resumes or reuses what is done.
+DEMO_PRESET := tiny-dinov2
 demo: install
-	$(BIN)/sparsecut pretrain --preset tiny --output $(DEMO_DIR)/pretrain --resume
-	$(BIN)/sparsecut finetune --preset tiny --from $(DEMO_DIR)/pretrain --output $(DEMO_DIR)/finetune --resume
-	$(BIN)/sparsecut build --preset tiny --out $(DEMO_DIR)/untrained
+	$(BIN)/sparsecut finetune --preset $(DEMO_PRESET) --output $(DEMO_DIR)/finetune --resume
+	$(BIN)/sparsecut build --preset $(DEMO_PRESET) --out $(DEMO_DIR)/untrained
 	$(BIN)/sparsecut eval $(DEMO_DIR)/untrained --benchmark shapes --max-new-tokens 8 --out $(DEMO_DIR)/untrained/eval
 	$(BIN)/sparsecut eval $(DEMO_DIR)/finetune --benchmark shapes --max-new-tokens 8 --image-ablation --out $(DEMO_DIR)/eval
 	$(BIN)/sparsecut eval compare $(DEMO_DIR)/untrained/eval $(DEMO_DIR)/eval
-	$(BIN)/sparsecut shapes $(DEMO_DIR)/shapes.png --split test --index 3
+	$(BIN)/sparsecut shapes $(DEMO_DIR)/shapes.png --split test --index 3 --size 112
 	$(BIN)/sparsecut chat $(DEMO_DIR)/shapes.png --model $(DEMO_DIR)/finetune \
 		--prompt "How many shapes are there? Answer the question using a single word or phrase."
 

@@ -140,3 +140,28 @@ def test_a_preset_with_the_onnx_tower_and_a_random_llm_builds_and_reads_112_px_v
     batch = processor([f"USER: {processor.image_token}\nWhat colour? ASSISTANT:"], [Image.new("RGB", (90, 60))])
     with torch.no_grad():
         assert model(**batch).logits.shape[1] == batch["input_ids"].shape[1]
+
+
+def test_the_demo_preset_finetunes_over_the_cached_frozen_tower(tmp_path, monkeypatch):
+    """`make demo`'s preset through the CLI: the converted tower, frozen, each image through it once."""
+    from typer.testing import CliRunner
+
+    from sparsecut_cli.app import app
+    from sparsecut_core.model import feature_cache
+
+    seen = []
+    original = feature_cache.VisionFeatureCache.features
+
+    def counting(self, pixels, tower):
+        out = original(self, pixels, tower)
+        seen.append((self.hits, self.misses))
+        return out
+
+    monkeypatch.setattr(feature_cache.VisionFeatureCache, "features", counting)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["finetune", "--preset", "tiny-dinov2", "--data", "shapes:train:8", "--epochs", "2",
+                                      "--global-batch", "4", "--batch-size", "4", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert seen[-1] == (8, 8)  # 4 steps of 4: 8 images computed in the first epoch, read from the cache in the second
+    assert (out / "model" / "config.json").is_file()
