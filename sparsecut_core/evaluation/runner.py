@@ -137,19 +137,25 @@ def evaluate(
         report.generated, report.recomputed, report.generation = generated, recomputed, generation
         report.reused = len(samples) - generated - len(left_out)
         if settings.image_ablation:
-            for condition in ABLATIONS:
-                changed = ablated([s for s, _ in kept], condition)  # every image was readable in the true-image pass
-                changed_keys = asked.keys(changed)
-                path = answers_path.with_name(f"answers.{condition}.jsonl")
-                name = ablated_benchmark(bench.name, condition)
-                new, _, stale = asked.answer_missing(changed, changed_keys, path, name)
-                scores, _, _, _ = _scores(bench, changed, path, settings, loose=False, keys=changed_keys)
-                report.ablations[condition] = scores
-                write_results(Path(out_dir) / RESULTS_FILE, name, scores, info, generation)
-                report.generated += new
-                for why, count in stale.items():
-                    report.recomputed[why] = report.recomputed.get(why, 0) + count
+            _answer_ablated(asked, bench, [s for s, _ in kept], answers_path, Path(out_dir), report)
     return report
+
+
+def _answer_ablated(asked: _Asked, bench: Benchmark, samples: list[Sample], answers_path: Path, out_dir: Path,
+                    report: EvalReport) -> None:
+    """The same questions with deranged and with blank images, each condition in its own answers file."""
+    for condition in ABLATIONS:
+        changed = ablated(samples, condition)  # every image was readable in the true-image pass
+        changed_keys = asked.keys(changed)
+        path = answers_path.with_name(f"answers.{condition}.jsonl")
+        name = ablated_benchmark(bench.name, condition)
+        new, _, stale = asked.answer_missing(changed, changed_keys, path, name)
+        scores, _, _, _ = _scores(bench, changed, path, asked.settings, loose=False, keys=changed_keys)
+        report.ablations[condition] = scores
+        write_results(out_dir / RESULTS_FILE, name, scores, asked.info, asked.generation)
+        report.generated += new
+        for why, count in stale.items():
+            report.recomputed[why] = report.recomputed.get(why, 0) + count
 
 
 @dataclass(frozen=True)
