@@ -3,7 +3,6 @@
 import pytest
 import torch
 from transformers import (
-    AutoModelForCausalLM,
     MistralConfig,
     Phi3Config,
     Qwen2Config,
@@ -12,7 +11,7 @@ from transformers import (
 
 from sparsecut_core.model.modeling import SparseCutForConditionalGeneration
 
-from conftest import IMAGE_SIZE, IMAGE_TOKEN, M_V, image_prompt, pad_batch, tiny_config, tiny_model, tiny_vision_config
+from conftest import IMAGE_SIZE, IMAGE_TOKEN, M_V, image_prompt, pad_batch, tiny_model, tiny_vision_config
 
 
 def _two_samples(side="right"):
