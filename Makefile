@@ -24,16 +24,14 @@ install: $(BIN)/sparsecut
 
 # The embedded default: the tiny random LLM finetuned over DINOv2-small (pretrained, frozen, its features
 # computed once per image) on the built-in shapes data, scored on the held-out test split with true,
-# deranged and blank images beside the untrained model, then asked about one held-out image; 2 CPU cores,
+# deranged and blank images (the baseline that matters: an untrained model scores 0, it cannot even
+# answer in the format), then asked about one held-out image; 2 CPU cores,
 # minutes. No pretraining stage: with a random LLM frozen, it teaches the adapter nothing (README,
-# "Grounding"). Rerunning resumes or reuses what is done.
+# "How far the budget goes"). Rerunning resumes or reuses what is done.
 DEMO_PRESET := tiny-dinov2
 demo: install
 	$(BIN)/sparsecut finetune --preset $(DEMO_PRESET) --output $(DEMO_DIR)/finetune --resume
-	$(BIN)/sparsecut build --preset $(DEMO_PRESET) --out $(DEMO_DIR)/untrained
-	$(BIN)/sparsecut eval $(DEMO_DIR)/untrained --benchmark shapes --max-new-tokens 8 --out $(DEMO_DIR)/untrained/eval
 	$(BIN)/sparsecut eval $(DEMO_DIR)/finetune --benchmark shapes --max-new-tokens 8 --image-ablation --out $(DEMO_DIR)/eval
-	$(BIN)/sparsecut eval compare $(DEMO_DIR)/untrained/eval $(DEMO_DIR)/eval
 	$(BIN)/sparsecut shapes $(DEMO_DIR)/shapes.png --split test --index 3 --size 112
 	$(BIN)/sparsecut chat $(DEMO_DIR)/shapes.png --model $(DEMO_DIR)/finetune \
 		--prompt "How many shapes are there? Answer the question using a single word or phrase."
