@@ -7,6 +7,7 @@ named generators build the patterns studied in the paper for any depth.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Sequence
 
 Pair = tuple[int, int]
@@ -126,3 +127,16 @@ def resolve_pattern(
     else:
         pairs = list(pattern)
     return validate_pairs(pairs, num_vit_layers, num_llm_layers)
+
+
+def random_pattern(num_vit_layers: int, num_llm_layers: int, num_shortcuts: int | None, seed: int) -> list[Pair]:
+    """The ends of `sparse-uniform` joined by a seeded random bijection instead of the U-shape.
+
+    The reviewers' control for the ordering claim: the same layers meet, only
+    which ViT end feeds which LLM end is drawn (reproducibly, from `seed`).
+    """
+    ends = build_pattern("sparse-uniform", num_vit_layers, num_llm_layers, num_shortcuts)
+    vit_ends = sorted(i for i, _ in ends)
+    llm_ends = sorted(j for _, j in ends)
+    random.Random(seed).shuffle(vit_ends)
+    return sort_pairs(zip(vit_ends, llm_ends))

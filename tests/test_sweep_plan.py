@@ -1,0 +1,78 @@
+"""The sweep plan: which variants a `sparsecut sweep` trains, their folders, and which share features."""
+
+from __future__ import annotations
+
+import pytest
+
+from sparsecut_core.model.patterns import PATTERN_NAMES, build_pattern, random_pattern
+from sparsecut_core.sweep.plan import feature_groups, parse_patterns, plan_sweep
+
+L_V, L_T = 12, 8  # tiny-dinov2's depths
+
+
+def test_every_combination_once_with_fixed_count_patterns_not_repeated_per_count():
+    variants = plan_sweep(["llava", "sparse-uniform"], [False, True], [2, 4], [0, 1], L_V, L_T)
+    names = [v.name for v in variants]
+    assert len(names) == len(set(names))
+    # llava: 2 hi-res x 2 seeds; sparse-uniform: 2 hi-res x 2 counts x 2 seeds
+    assert len(variants) == 4 + 8
+    assert {v.num_shortcuts for v in variants if v.pattern == "llava"} == {None}
+    assert "sparse-uniform-n4-hires-on-seed1" in names
+
+
+def test_seeds_outermost_so_a_cut_short_sweep_covers_every_pattern_first():
+    variants = plan_sweep(list(PATTERN_NAMES), [False], [2], [0, 1], L_V, 16)  # dense needs L_t >= L_v
+    first = variants[: len(PATTERN_NAMES)]
+    assert {v.seed for v in first} == {0}
+    assert {v.pattern for v in first} == set(PATTERN_NAMES)
+
+
+def test_pairs_match_the_named_patterns():
+    (variant,) = plan_sweep(["sparse-reverse-uniform"], [False], [3], [0], L_V, L_T)
+    assert list(variant.pairs) == build_pattern("sparse-reverse-uniform", L_V, L_T, 3)
+
+
+def test_random_order_is_a_seeded_bijection_of_the_sparse_uniform_ends():
+    uniform = build_pattern("sparse-uniform", L_V, L_T, 4)
+    draws = {tuple(random_pattern(L_V, L_T, 4, seed)) for seed in range(6)}
+    for pairs in draws:
+        assert sorted(i for i, _ in pairs) == sorted(i for i, _ in uniform)
+        assert sorted(j for _, j in pairs) == sorted(j for _, j in uniform)
+    assert len(draws) > 1  # the seed changes the order
+    assert random_pattern(L_V, L_T, 4, 3) == random_pattern(L_V, L_T, 4, 3)
+
+
+def test_explicit_pairs_are_checked_against_the_depths():
+    (variant,) = plan_sweep(["pairs:11>1/5>7"], [False], [8], [0], L_V, L_T)
+    assert list(variant.pairs) == [(11, 1), (5, 7)]
+    assert variant.num_shortcuts is None and variant.name == "pairs-11x1-5x7-hires-off-seed0"
+    with pytest.raises(ValueError, match=r"pairs:13>1.*ViT layer 13 is out of range"):
+        plan_sweep(["pairs:13>1"], [False], [2], [0], L_V, L_T)
+
+
+def test_a_pattern_that_does_not_fit_fails_before_anything_trains():
+    with pytest.raises(ValueError, match="sparse-uniform.*need at least 9 LLM layers"):
+        plan_sweep(["llava", "sparse-uniform"], [False], [9], [0], L_V, L_T)
+    with pytest.raises(ValueError, match="dense-bottom.*12 shortcuts need at least 12 LLM layers"):
+        plan_sweep(["dense-bottom"], [False], [], [0], L_V, L_T)
+
+
+@pytest.mark.parametrize("text", ["", "llava,llava", "sparse-middle", "pairs:1-2"])
+def test_bad_pattern_lists_are_refused_with_the_reason(text):
+    with pytest.raises(ValueError, match="pattern"):
+        parse_patterns(text)
+
+
+def test_parse_keeps_order_and_accepts_random_and_pairs():
+    assert parse_patterns("llava, random,pairs:11>1/7>5") == ["llava", "random", "pairs:11>1/7>5"]
+
+
+def test_variants_with_the_same_views_share_one_feature_pass_over_the_union_of_their_layers():
+    variants = plan_sweep(["llava", "sparse-uniform", "sparse-top"], [False, True], [3], [0, 1], L_V, L_T)
+    groups = feature_groups(variants)
+    assert [g.hi_res for g in groups] == [False, True]
+    for group in groups:
+        members = [v for v in variants if v.name in group.variants]
+        assert len(members) == 6
+        assert set(group.vit_layers) == {i for v in members for i in v.vit_layers}
+        assert group.tower_passes_saved == 5
