@@ -1,4 +1,4 @@
-"""The sweep plan: which variants a `sparsecut sweep` trains, their folders, and which share features."""
+"""The sweep plan (which variants a `sparsecut sweep` trains, their folders, which share features) and its table."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 
 from sparsecut_core.model.patterns import PATTERN_NAMES, build_pattern, random_pattern
 from sparsecut_core.sweep.plan import feature_groups, parse_patterns, plan_sweep
+from sparsecut_core.sweep.table import VariantScores, markdown_table, summarise
 
 L_V, L_T = 12, 8  # tiny-dinov2's depths
 
@@ -76,3 +77,37 @@ def test_variants_with_the_same_views_share_one_feature_pass_over_the_union_of_t
         assert len(members) == 6
         assert set(group.vit_layers) == {i for v in members for i in v.vit_layers}
         assert group.tower_passes_saved == 5
+
+
+# --- the table (sweep/table.py) ---
+
+
+def _scores(pattern, seed, true, deranged, hi_res=False, n=None, colour=None):
+    kinds = {"accuracy/colour": true if colour is None else colour, "accuracy/count": true}
+    return VariantScores(pattern, hi_res, n, seed, {"accuracy": true, **kinds}, {"accuracy": deranged})
+
+
+def test_rows_pool_seeds_with_their_spread_and_the_difference_to_llava_at_the_same_hi_res():
+    rows = summarise([
+        _scores("llava", 0, 30.0, 20.0), _scores("llava", 1, 34.0, 22.0),
+        _scores("sparse-uniform", 0, 40.0, 21.0, n=4), _scores("sparse-uniform", 1, 36.0, 19.0, n=4),
+        _scores("sparse-uniform", 0, 50.0, 20.0, n=4, hi_res=True),
+    ])
+    assert [(r.pattern, r.hi_res, r.seeds) for r in rows] == [
+        ("llava", False, 2), ("sparse-uniform", False, 2), ("sparse-uniform", True, 1)]
+    su = rows[1]
+    assert su.true.mean == 38.0 and abs(su.true.std - 2.8284) < 1e-3
+    assert su.vs_baseline == 6.0  # 38 - 32
+    assert rows[2].vs_baseline is None  # no llava with hi-res on in this sweep
+    assert rows[2].true.std is None
+
+
+def test_markdown_table_shows_spread_gap_and_kinds():
+    table = markdown_table(summarise([
+        _scores("llava", 0, 30.0, 20.0, colour=25.0), _scores("llava", 1, 34.0, 22.0, colour=27.0),
+        _scores("sparse-top", 0, 20.0, 20.0, n=2),
+    ]))
+    lines = table.splitlines()
+    assert lines[0].split(" | ")[-2:] == ["colour", "count |"]
+    assert "| llava |  | off | 2 | 32.0 ± 2.8 | 21.0 ± 1.4 | +11.0 | +0.0 | 26.0 ± 1.4 | 32.0 ± 2.8 |" in lines
+    assert "| sparse-top | 2 | off | 1 | 20.0 | 20.0 | +0.0 | -12.0 | 20.0 | 20.0 |" in lines
