@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sparsecut_core.model.patterns import PATTERN_NAMES, build_pattern, random_pattern
-from sparsecut_core.sweep.plan import feature_groups, parse_patterns, plan_sweep
+from sparsecut_core.presets.preset import load_preset
+from sparsecut_core.sweep.plan import feature_groups, parse_patterns, plan_for_preset, plan_sweep, variant_preset
 from sparsecut_core.sweep.table import VariantScores, markdown_table, summarise
 
 L_V, L_T = 12, 8  # tiny-dinov2's depths
@@ -77,6 +78,19 @@ def test_variants_with_the_same_views_share_one_feature_pass_over_the_union_of_t
         assert len(members) == 6
         assert set(group.vit_layers) == {i for v in members for i in v.vit_layers}
         assert group.tower_passes_saved == 5
+
+
+def test_a_variant_preset_builds_the_model_with_the_variant_pairs_hi_res_and_seed():
+    preset = load_preset("tiny")
+    variants = plan_for_preset(preset, ["random", "sparse-bottom"], [False, True], [2], [3])
+    for variant in variants:
+        child = variant_preset(preset, variant)
+        config = child.sparsecut_config()
+        assert config.shortcuts == list(variant.pairs)
+        assert config.hi_res is variant.hi_res
+        assert all(settings["seed"] == 3 for settings in child.train.values())
+        assert child.train.keys() == preset.train.keys()
+    assert preset.sparsecut_config().pattern == load_preset("tiny").sparsecut["pattern"]  # the preset is untouched
 
 
 # --- the table (sweep/table.py) ---

@@ -9,12 +9,14 @@ read the same tower layers at the same views share frozen features
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sparsecut_core.model.patterns import PATTERN_NAMES, Pair, build_pattern, random_pattern, validate_pairs
+from sparsecut_core.presets.preset import Preset
 
 RANDOM = "random"
 _PAIRS = re.compile(r"^pairs:(\d+>\d+(?:/\d+>\d+)*)$")  # pairs:11>1/7>5 = ViT 11 -> LLM 1, ViT 7 -> LLM 5
@@ -127,3 +129,24 @@ def feature_groups(variants: Sequence[Variant]) -> list[FeatureGroup]:
         )
         for fused, members in sorted(groups.items())
     ]
+
+
+def variant_preset(preset: Preset, variant: Variant) -> Preset:
+    """The preset one variant trains: its pairs written out (so that the run folder's config names them
+    whatever the generator), its hi-res setting, and its seed in both stages; all else as the preset."""
+    sparsecut = {k: v for k, v in preset.sparsecut.items() if k != "num_shortcuts"}
+    sparsecut.update(pattern=[list(pair) for pair in variant.pairs], hi_res=variant.hi_res)
+    train = {stage: {**settings, "seed": variant.seed} for stage, settings in preset.train.items()}
+    return dataclasses.replace(
+        preset, name=f"{preset.name}/{variant.name}", sparsecut=sparsecut, train=train,
+        description=f"{preset.description}; sweep variant {variant.name}",
+    )
+
+
+def plan_for_preset(
+    preset: Preset, patterns: Sequence[str], hi_res: Sequence[bool], num_shortcuts: Sequence[int | None],
+    seeds: Sequence[int],
+) -> list[Variant]:
+    """`plan_sweep` against the preset's tower and LLM depths."""
+    config = preset.sparsecut_config()
+    return plan_sweep(patterns, hi_res, num_shortcuts, seeds, config.num_vit_layers, config.num_llm_layers)
