@@ -114,3 +114,36 @@ def test_evaluation_caches_for_its_duration_only_a_model_in_eval_mode(pixels):
     assert model.feature_cache is None
     with caching_features(model.train()):
         assert model.feature_cache is None
+
+
+def test_one_cache_serves_models_of_other_layers_over_the_same_tower(pixels):
+    """A sweep's variants: one tower pass per image computes the union of their layers, and each model gets
+    the logits it computes without the cache."""
+    first = tiny_model(pattern="sparse-uniform", num_shortcuts=2)
+    second = tiny_model(pattern="sparse-bottom", num_shortcuts=3)
+    second.vision_tower.load_state_dict(first.vision_tower.state_dict())
+    assert set(first.config.source_layers) != set(second.config.source_layers)
+    ids, mask = _batch(2, seed=0)
+    with torch.no_grad():
+        plain = [m(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits for m in (first, second)]
+    union = sorted(set(first.config.source_layers) | set(second.config.source_layers))
+    cache = VisionFeatureCache(layers=union)
+    for model in (first, second):
+        set_trainable(model, "finetune")
+        cache.attach(model)
+    with torch.no_grad():
+        cached = [m(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits for m in (first, second)]
+    assert (cache.misses, cache.hits) == (2, 2)  # the second model's images came from the first one's pass
+    for got, want in zip(cached, plain):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_a_cache_refuses_a_model_of_another_tower():
+    cache = VisionFeatureCache()
+    first, other = tiny_model(seed=0), tiny_model(seed=1)
+    for model in (first, other):
+        set_trainable(model, "finetune")
+    cache.attach(first)
+    with pytest.raises(ValueError, match="another vision tower"):
+        cache.attach(other)
+    assert other.feature_cache is None

@@ -7,17 +7,23 @@ every image (all its views) by a digest of its pixel values and keeps the
 source layers' hidden states of the images it has seen; a batch runs the tower
 over its new images only. It holds tensors, never touches files, and is used
 only while no tower parameter trains.
+
+One cache can serve several models that share a frozen tower (a sweep's variants):
+it then computes the union of their source layers (`layers`) at every tower pass
+and refuses a model whose tower weights differ from the first one it served.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-TowerFn = Callable[[torch.Tensor], dict[int, torch.Tensor]]  # pixels [N, views, 3, H, W] -> {layer: [N, views, M, D]}
+# (pixels [N, views, 3, H, W], layers) -> {layer: [N, views, M, D]}
+TowerFn = Callable[[torch.Tensor, Sequence[int]], dict[int, torch.Tensor]]
 
 
 def image_digest(pixels: torch.Tensor) -> bytes:
@@ -29,16 +35,39 @@ def image_digest(pixels: torch.Tensor) -> bytes:
     return h.digest()
 
 
+def tower_digest(tower: torch.nn.Module) -> bytes:
+    """A digest of a tower's weights and buffers (names, dtypes, shapes, values)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in tower.state_dict().items():
+        h.update(name.encode())
+        h.update(image_digest(tensor))
+    return h.digest()
+
+
 class VisionFeatureCache:
     """Source-layer hidden states of the images seen so far, up to `max_bytes` (new images beyond it are
-    computed as usual and not kept)."""
+    computed as usual and not kept). `layers` are computed at every tower pass besides the ones asked for:
+    the union of the layers of every model this cache serves."""
 
-    def __init__(self, max_bytes: int = 4 << 30):
+    def __init__(self, max_bytes: int = 4 << 30, layers: Sequence[int] = ()):
         self.max_bytes = max_bytes
+        self.layers = tuple(sorted(set(layers)))
         self.bytes = 0
         self.hits = 0
         self.misses = 0
+        self.seconds = 0.0  # spent in the tower
+        self.tower: bytes | None = None  # digest of the tower it serves, once attached
         self._store: dict[bytes, dict[int, torch.Tensor]] = {}
+
+    def attach(self, model: torch.nn.Module) -> None:
+        """Serve `model` (its tower frozen): refused for a tower whose weights differ from the first one's."""
+        self.check_tower(model.vision_tower)
+        digest = tower_digest(model.vision_tower)
+        if self.tower is None:
+            self.tower = digest
+        elif digest != self.tower:
+            raise ValueError("this feature cache holds another vision tower's features: the towers' weights differ")
+        model.feature_cache = self
 
     @staticmethod
     def check_tower(tower: torch.nn.Module) -> None:
@@ -54,28 +83,36 @@ class VisionFeatureCache:
     def __len__(self) -> int:
         return len(self._store)
 
-    def features(self, pixels: torch.Tensor, tower: TowerFn) -> dict[int, torch.Tensor]:
-        """{layer: [N, views, M, D]} for `pixels` [N, views, 3, H, W], running `tower` over unseen images only."""
+    def features(self, pixels: torch.Tensor, tower: TowerFn, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """{layer: [N, views, M, D]} of `layers` for `pixels` [N, views, 3, H, W], running `tower` over the
+        images not seen yet (or seen without one of these layers) only."""
+        wanted = tuple(layers)
         keys = [image_digest(image) for image in pixels]
         unseen: dict[bytes, int] = {}  # key -> its first row in the batch
         for row, key in enumerate(keys):
-            if key not in self._store and key not in unseen:
+            stored = self._store.get(key)
+            if (stored is None or any(i not in stored for i in wanted)) and key not in unseen:
                 unseen[key] = row
         fresh: dict[bytes, dict[int, torch.Tensor]] = {}
         if unseen:
             rows = list(unseen.values())
-            computed = tower(pixels[rows])
+            tick = time.perf_counter()
+            computed = tower(pixels[rows], sorted(set(wanted) | set(self.layers)))
+            self.seconds += time.perf_counter() - tick
             for n, key in enumerate(unseen):
                 fresh[key] = {layer: h[n].clone() for layer, h in computed.items()}
         self.misses += len(unseen)
         self.hits += len(keys) - len(unseen)
         for key, feats in fresh.items():
             size = sum(t.numel() * t.element_size() for t in feats.values())
+            old = self._store.pop(key, None)
+            if old is not None:
+                self.bytes -= sum(t.numel() * t.element_size() for t in old.values())
             if self.bytes + size <= self.max_bytes:
                 self._store[key] = feats
                 self.bytes += size
         by_key = {**self._store, **fresh}
-        return {layer: torch.stack([by_key[key][layer] for key in keys]) for layer in by_key[keys[0]]}
+        return {layer: torch.stack([by_key[key][layer] for key in keys]) for layer in wanted}
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +188,7 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
             )
         trainable = any(p.requires_grad for p in self.vision_tower.parameters())
         if self.feature_cache is not None and not (trainable and torch.is_grad_enabled()):
-            by_layer = self.feature_cache.features(pixel_values, self._tower_hidden_states)
+            by_layer = self.feature_cache.features(pixel_values, self._tower_hidden_states, self.config.source_layers)
         else:
             with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
                 by_layer = self._tower_hidden_states(pixel_values)
@@ -195,17 +196,19 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
         high = {i: h[:, 1:].flatten(1, 2) for i, h in by_layer.items()}
         return low, (high if views > 1 else None)
 
-    def _tower_hidden_states(self, pixel_values: torch.Tensor) -> dict[int, torch.Tensor]:
-        """{source layer: [N, views, M_v, D_v]}: the tower once over every view of every image."""
+    def _tower_hidden_states(
+        self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None
+    ) -> dict[int, torch.Tensor]:
+        """{layer: [N, views, M_v, D_v]} of `layers` (default: the source layers): the tower once over every
+        view of every image."""
         n, views = pixel_values.shape[:2]
-        # only the source layers' hidden states are kept (the others come back as None)
-        out = self.vision_tower(
-            pixel_values.flatten(0, 1).to(self.vision_tower.dtype), output_hidden_states=self.config.source_layers
-        )
+        layers = list(self.config.source_layers if layers is None else layers)
+        # only these layers' hidden states are kept (the others come back as None)
+        out = self.vision_tower(pixel_values.flatten(0, 1).to(self.vision_tower.dtype), output_hidden_states=layers)
         # `patch` features drop the class (and register) tokens; `full` keeps them
         skip = vision_prefix_tokens(self.config.vision_config) if self.config.vision_feature_select == "patch" else 0
         by_layer = {}
-        for i in self.config.source_layers:
+        for i in layers:
             h = out.hidden_states[i][:, skip:]
             if h.shape[1] != self.config.num_image_tokens:
                 raise ValueError(

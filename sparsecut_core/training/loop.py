@@ -119,11 +119,12 @@ def train(
     run_info: dict[str, Any] | None = None,
     on_step: Callable[[StepLog], None] | None = None,
     skips: SkipCounter | None = None,
+    feature_cache=None,
 ) -> Path:
     """Train `model` on the encoded `dataset` (batching.encode_records) and save it to output_dir/model.
 
     `on_step` is called on the main process after every optimizer step (the CLI's
-    progress bar). Raises NonFiniteLoss or TrainingInterrupted (after saving a checkpoint).
+    progress bar); `feature_cache` is a VisionFeatureCache to share (prepare_model). Raises NonFiniteLoss or TrainingInterrupted (after saving a checkpoint).
     """
     out = Path(config.output_dir)
     accelerator = accelerator or make_accelerator(config)
@@ -144,7 +145,7 @@ def train(
     total_steps = config.max_steps or max(1, round(config.epochs * steps_per_epoch))
 
     torch.manual_seed(config.seed)
-    model = prepare_model(model, config, accelerator.device, accelerator.mixed_precision)
+    model = prepare_model(model, config, accelerator.device, accelerator.mixed_precision, feature_cache)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = schedule(optimizer, config, total_steps)

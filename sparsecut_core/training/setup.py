@@ -75,15 +75,18 @@ def _has_tensorboard() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-def prepare_model(model, config: TrainConfig, device: torch.device | None = None, precision: str = "no"):
-    """Pick the attention kernel, quantize the base for QLoRA, freeze per stage, add LoRA, gradient checkpointing."""
+def prepare_model(model, config: TrainConfig, device: torch.device | None = None, precision: str = "no",
+                  feature_cache: VisionFeatureCache | None = None):
+    """Pick the attention kernel, quantize the base for QLoRA, freeze per stage, add LoRA, gradient checkpointing.
+
+    `feature_cache` (with cache_vision_features): a cache shared with other runs of the same frozen tower
+    (a sweep's variants); by default the run gets one of its own."""
     model.set_attn_implementation(resolve_attention(config.attention, device or torch.device("cpu"), precision))
     if config.qlora:
         model = load_quantized(model, "4bit", device or torch.device("cpu"))
     set_trainable(model, config.stage, config.unfreeze_vision)
     if config.cache_vision_features and not config.unfreeze_vision:
-        VisionFeatureCache.check_tower(model.vision_tower)
-        model.feature_cache = VisionFeatureCache()
+        (feature_cache or VisionFeatureCache()).attach(model)
     if config.lora_r:
         from peft import LoraConfig, get_peft_model
 
