@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,39 +17,18 @@ _STAGE_HELP = {
 }
 
 
-def _settings(stage: str, preset, given: dict[str, Any]) -> dict[str, Any]:
-    """TrainConfig fields: its defaults <- the preset's [train.STAGE] <- the options given on the command line."""
-    from sparsecut_core.training.config import TrainConfig
-
-    names = {f.name for f in fields(TrainConfig)}
-    stage_defaults = {k: v for k, v in preset.train.get(stage, {}).items() if k in names}
-    chosen = {k: v for k, v in given.items() if v is not None and k in names}
-    settings = {**stage_defaults, **chosen, "stage": stage}
-    settings.setdefault("template", "plain" if stage == "pretrain" else preset.template)
-    return settings
-
-
 def run_stage(stage: str, options: dict[str, Any]) -> None:
     from sparsecut_core.model.attention import resolve_attention
-    from sparsecut_core.data.batching import encode_records
     from sparsecut_core.presets.preset import load_preset
-    from sparsecut_core.data.records import SkipCounter, load_records
-    from sparsecut_core.presets.start import starting_model
-    from sparsecut_core.training.config import TrainConfig
+    from sparsecut_core.presets.stage import StagePlan, plan_stage, stage_inputs
     from sparsecut_core.training.loop import NonFiniteLoss, TrainingInterrupted, train
     from sparsecut_core.training.launch import LaunchError, describe
     from sparsecut_core.training.setup import make_accelerator
 
     preset = load_preset(options["preset"])
     output = options["output"] or Path("runs") / f"{preset.name}-{stage}"
-    stage_defaults = preset.train.get(stage, {})
-    data = options["data"] or stage_defaults.get("data")
-    if data is None:
-        raise ValueError(f"--data is required (preset {preset.name} names no {stage} data)")
-    images = options["images"] or stage_defaults.get("images")
-    config = TrainConfig.from_dict({**_settings(stage, preset, options), "output_dir": str(output)})
-    if output.exists() and any(output.iterdir()) and not options["resume"]:
-        raise ValueError(f"{output} is not empty: pass --resume to continue that run, or choose another --output")
+    plan = plan_stage(preset, stage, output, options, resume=options["resume"])
+    config, data = plan.config, plan.data
 
     try:
         accelerator = make_accelerator(config, cpu=options["cpu"], log_dir=str(output), environ=os.environ)
@@ -66,16 +44,11 @@ def run_stage(stage: str, options: dict[str, Any]) -> None:
     if options["per_device_batch_size"] is None:  # the preset's batch, split over however many processes run
         config = config.fit_to(accelerator.num_processes)
     config.accumulation_steps(accelerator.num_processes)  # a batch that does not split stops here, before loading
-    model, processor = starting_model(
-        preset, init_from=options.get("init_from"), from_llava=options.get("from_llava"), vision=options["vision"],
-        llm=options["llm"], seed=config.seed, template=config.template, cache_dir=gguf_cache_dir(),
-    )
-    skips = SkipCounter(config.on_bad_sample)
-    records, source = load_records(data, images=images, stage=stage, image_size=processor.full_view_size,
-                                     skips=skips)
-    with accelerator.main_process_first():  # one process tokenizes, the others read its cache
-        dataset = encode_records(records, processor, template=config.template, max_length=config.max_length,
-                                 skips=skips, cache_dir=output / "cache")
+    plan = StagePlan(config, plan.data, plan.images)
+    inputs = stage_inputs(preset, plan, accelerator, init_from=options.get("init_from"),
+                          from_llava=options.get("from_llava"), vision=options["vision"], llm=options["llm"],
+                          cache_dir=gguf_cache_dir())
+    dataset, skips = inputs.dataset, inputs.skips
     accumulation = config.accumulation_steps(accelerator.num_processes)
     left_out = f" ({skips.total} bad records left out, --on-bad-sample skip)" if skips.total else ""
     say(f"[bold]{stage}[/] {preset.name}: {len(dataset)} samples from {data}{left_out}, global batch "
@@ -97,11 +70,12 @@ def run_stage(stage: str, options: dict[str, Any]) -> None:
                               f"{log.tokens_per_s:.0f} tok/s")
 
     run_info = {"launch": {"world_size": launch.world_size, "backend": launch.backend, "strategy": launch.strategy},
-                "preset": preset.name, "data_source": str(data), "images": str(images) if images else None,
+                "preset": preset.name, "data_source": str(data), "images": plan.images,
                 "init_from": str(options.get("init_from") or options.get("from_llava") or "")}
     try:
         with progress:
-            final = train(model, processor, dataset, records, source, config, accelerator=accelerator,
+            final = train(inputs.model, inputs.processor, dataset, inputs.records, inputs.source, config,
+                          accelerator=accelerator,
                           resume=options["resume"], run_info=run_info, on_step=on_step, skips=skips)
     except TrainingInterrupted as stop:
         err_console.print(f"[yellow]{stop}[/]")
