@@ -27,7 +27,7 @@ ALLOWED = {
     "evaluation": {"files", "model", "data"},
     "cost": {"model", "data", "presets"},
     "serving": {"files", "model", "data", "inference"},
-    "sweep": {"files", "model", "data", "presets", "training", "evaluation"},
+    "sweep": {"files", "model", "data", "inference", "presets", "training", "evaluation"},
 }
 
 

@@ -57,6 +57,7 @@ class VisionFeatureCache:
         self.misses = 0
         self.seconds = 0.0  # spent in the tower
         self.tower: bytes | None = None  # digest of the tower it serves, once attached
+        self.tally: set[bytes] | None = None  # when a set: collects the digest of every image asked for
         self._store: dict[bytes, dict[int, torch.Tensor]] = {}
 
     def attach(self, model: torch.nn.Module) -> None:
@@ -88,6 +89,8 @@ class VisionFeatureCache:
         images not seen yet (or seen without one of these layers) only."""
         wanted = tuple(layers)
         keys = [image_digest(image) for image in pixels]
+        if self.tally is not None:
+            self.tally.update(keys)
         unseen: dict[bytes, int] = {}  # key -> its first row in the batch
         for row, key in enumerate(keys):
             stored = self._store.get(key)
@@ -113,6 +116,47 @@ class VisionFeatureCache:
                 self.bytes += size
         by_key = {**self._store, **fresh}
         return {layer: torch.stack([by_key[key][layer] for key in keys]) for layer in wanted}
+
+
+class SharedFeatureCaches:
+    """A VisionFeatureCache per distinct frozen tower, for runs that build their models one after another
+    (a sweep): runs over the same tower weights share one; `max_bytes` bounds them all together."""
+
+    def __init__(self, max_bytes: int = 4 << 30, layers: Sequence[int] = ()):
+        self.max_bytes, self.layers = max_bytes, tuple(layers)
+        self.caches: dict[bytes, VisionFeatureCache] = {}
+        self._tally: set[bytes] | None = None
+
+    def attach(self, model: torch.nn.Module) -> None:
+        VisionFeatureCache.check_tower(model.vision_tower)
+        digest = tower_digest(model.vision_tower)
+        if digest not in self.caches:
+            used = sum(c.bytes for c in self.caches.values())
+            cache = self.caches[digest] = VisionFeatureCache(max(0, self.max_bytes - used), self.layers)
+            cache.tally = self._tally
+        self.caches[digest].attach(model)
+
+    def start_tally(self) -> None:
+        """From now on, collect the images asked for (`tallied`): one run's, to tell what sharing saved it."""
+        self._tally = set()
+        for cache in self.caches.values():
+            cache.tally = self._tally
+
+    @property
+    def tallied(self) -> int:
+        return len(self._tally or ())
+
+    @property
+    def misses(self) -> int:
+        return sum(c.misses for c in self.caches.values())
+
+    @property
+    def hits(self) -> int:
+        return sum(c.hits for c in self.caches.values())
+
+    @property
+    def seconds(self) -> float:
+        return sum(c.seconds for c in self.caches.values())
 
 
 @contextlib.contextmanager

@@ -147,6 +147,7 @@ def plan_for_preset(
     preset: Preset, patterns: Sequence[str], hi_res: Sequence[bool], num_shortcuts: Sequence[int | None],
     seeds: Sequence[int],
 ) -> list[Variant]:
-    """`plan_sweep` against the preset's tower and LLM depths."""
+    """`plan_sweep` against the preset's tower and LLM depths; a count of None is the preset's own."""
     config = preset.sparsecut_config()
-    return plan_sweep(patterns, hi_res, num_shortcuts, seeds, config.num_vit_layers, config.num_llm_layers)
+    counts = [preset.sparsecut.get("num_shortcuts") if n is None else n for n in (num_shortcuts or [None])]
+    return plan_sweep(patterns, hi_res, counts, seeds, config.num_vit_layers, config.num_llm_layers)

@@ -10,7 +10,7 @@ import torch
 
 from ..inference.quantization import load_quantized
 from ..model.attention import resolve_attention
-from ..model.feature_cache import VisionFeatureCache
+from ..model.feature_cache import SharedFeatureCaches, VisionFeatureCache
 from ..model.freezing import set_trainable
 from .checkpoints import keep_trainable_weights
 from .config import TrainConfig
@@ -76,7 +76,7 @@ def _has_tensorboard() -> bool:
 
 
 def prepare_model(model, config: TrainConfig, device: torch.device | None = None, precision: str = "no",
-                  feature_cache: VisionFeatureCache | None = None):
+                  feature_cache: VisionFeatureCache | SharedFeatureCaches | None = None):
     """Pick the attention kernel, quantize the base for QLoRA, freeze per stage, add LoRA, gradient checkpointing.
 
     `feature_cache` (with cache_vision_features): a cache shared with other runs of the same frozen tower
