@@ -16,6 +16,7 @@ from sparsecut_cli.evaluate import eval_app
 from sparsecut_cli.flops import flops
 from sparsecut_cli.output import console, err_console, gguf_cache_dir
 from sparsecut_cli.serve import serve
+from sparsecut_cli.sweep import sweep_app
 from sparsecut_cli.train import finetune, pretrain
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -26,6 +27,7 @@ app.add_typer(eval_app, name="eval")
 app.command()(chat)
 app.command()(flops)
 app.command()(serve)
+app.add_typer(sweep_app, name="sweep")
 
 
 @app.command("presets")

@@ -51,6 +51,7 @@ class SweepSpec:
     num_shortcuts: tuple[int | None, ...] = (None,)  # None: the preset's count
     seeds: tuple[int, ...] = (0,)
     benchmark: str = "shapes"
+    data: str | None = None  # the benchmark's data (evaluation.runner.evaluate); shapes needs none
     limit: int | None = None  # questions per evaluation (None: all)
     max_new_tokens: int = 8
     eval_batch_size: int = 8
@@ -93,7 +94,8 @@ def variant_settings(preset: Preset, spec: SweepSpec, variant: Variant) -> dict[
     return {
         "pattern": variant.pattern, "hi_res": variant.hi_res, "num_shortcuts": variant.num_shortcuts,
         "seed": variant.seed, "pairs": [list(p) for p in variant.pairs], "preset": preset.name,
-        "sparsecut": trained.sparsecut, "train": trained.train, "benchmark": spec.benchmark, "limit": spec.limit,
+        "sparsecut": trained.sparsecut, "train": trained.train, "benchmark": spec.benchmark, "data": spec.data,
+        "limit": spec.limit,
         "max_new_tokens": spec.max_new_tokens,
     }
 
@@ -131,7 +133,7 @@ def _evaluate(model_dir: Path, folder: Path, spec: SweepSpec, caches: SharedFeat
     settings = EvalSettings(batch_size=spec.eval_batch_size, max_new_tokens=spec.max_new_tokens, limit=spec.limit,
                             image_ablation=True)
     report = evaluate(model, processor, spec.benchmark, out_dir=folder / "eval", model_dir=model_dir,
-                      settings=settings)
+                      data=Path(spec.data) if spec.data is not None else None, settings=settings)
     return {"true": report.metrics, **report.ablations}
 
 
