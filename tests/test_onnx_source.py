@@ -152,8 +152,8 @@ def test_the_demo_preset_finetunes_over_the_cached_frozen_tower(tmp_path, monkey
     seen = []
     original = feature_cache.VisionFeatureCache.features
 
-    def counting(self, pixels, tower):
-        out = original(self, pixels, tower)
+    def counting(self, pixels, tower, layers):
+        out = original(self, pixels, tower, layers)
         seen.append((self.hits, self.misses))
         return out
 
