@@ -10,7 +10,7 @@ LATEST := .venv-latest
 DEMO_DIR := runs/demo
 REAL_DIR := runs/demo-real
 
-.PHONY: install demo demo-real test test-slow test-latest lock bench clean
+.PHONY: install demo demo-real sweep sweep-quick test test-slow test-latest lock bench clean
 
 $(BIN)/sparsecut: pyproject.toml $(LOCK)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,17 @@ demo-real: install
 	$(BIN)/sparsecut shapes $(REAL_DIR)/shapes.png --split test --index 3
 	$(BIN)/sparsecut chat $(REAL_DIR)/shapes.png --model $(REAL_DIR)/finetune \
 		--prompt "How many shapes are there? Answer the question using a single word or phrase."
+
+# The paper's ablations on the `sweep-dinov2` preset: seven shortcut patterns x hi-res off/on x seeds 0, 1
+# (sweep-quick: llava, sparse-uniform, sparse-reverse-uniform x off/on, seed 0), both stages each, every
+# variant scored with true, deranged and blank images; runs/sweep/sweep.md holds the table. The frozen
+# tower's features are computed once for all variants. Rerunning skips what is done.
+SWEEP_DIR := runs/sweep
+sweep: install
+	$(BIN)/sparsecut sweep run --out $(SWEEP_DIR)
+
+sweep-quick: install
+	$(BIN)/sparsecut sweep run --quick --out $(SWEEP_DIR)-quick
 
 test: install
 	$(BIN)/python -m pytest
