@@ -147,3 +147,31 @@ def test_a_cache_refuses_a_model_of_another_tower():
     with pytest.raises(ValueError, match="another vision tower"):
         cache.attach(other)
     assert other.feature_cache is None
+
+
+def test_a_float16_cache_hands_out_the_same_rounded_features_fresh_and_kept():
+    """A sweep keeps the features in float16: a model sees them rounded, at its first pass as at later ones."""
+    model = tiny_model()
+    set_trainable(model, "finetune")
+    pixels = torch.randn(3, 1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(5))
+    exact = model._tower_hidden_states(pixels)
+    cache = VisionFeatureCache(dtype=torch.float16)
+    layers = model.config.source_layers
+    fresh = cache.features(pixels[:2], model._tower_hidden_states, layers)
+    again = cache.features(pixels, model._tower_hidden_states, layers)  # images 0, 1 kept, 2 new
+    assert (cache.hits, cache.misses) == (2, 3)
+    for i in layers:
+        want = exact[i].to(torch.float16).float()
+        assert fresh[i].dtype == again[i].dtype == torch.float32
+        torch.testing.assert_close(again[i][:2], fresh[i], rtol=0, atol=0)  # kept = as first handed out
+        torch.testing.assert_close(fresh[i], fresh[i].half().float(), rtol=0, atol=0)  # float16 values
+        torch.testing.assert_close(again[i], want, rtol=2e-3, atol=1e-5)  # the tower's, rounded
+    # half the bytes of float32 features
+    assert cache.bytes == sum(exact[i][:3].numel() for i in layers) * 2
+
+
+def test_a_float16_cache_refuses_features_it_cannot_hold():
+    cache = VisionFeatureCache(dtype=torch.float16)
+    huge = lambda pixels, layers: {i: torch.full((pixels.shape[0], 1, 4, 8), 1e6) for i in layers}  # noqa: E731
+    with pytest.raises(ValueError, match="vision layer 2's features overflow the feature cache's torch.float16"):
+        cache.features(torch.zeros(1, 1, 3, 8, 8), huge, [2])

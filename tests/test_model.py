@@ -229,3 +229,20 @@ def test_the_kv_cache_is_handed_on_under_the_name_the_llm_takes():
     assert _cache_kwarg(Old(), marker) == {"past_key_values": marker}
     assert _cache_kwarg(New(), marker) == {"cache": marker}
     assert _cache_kwarg(New(), None) == {}
+
+
+@pytest.mark.parametrize("hi_res", [False, True])
+def test_adapter_input_norm_makes_the_adapter_blind_to_each_layers_feature_scale(hi_res):
+    """With `adapter_input_norm`, a source layer whose features are ten times smaller (DINOv2's shallow
+    layers) reaches the LLM as its deep layers do; without it, the adapter's output scales with them."""
+    torch.manual_seed(0)
+    low = {i: torch.randn(2, M_V, 32) for i in (1, 2)}
+    high = {i: torch.randn(2, 4 * M_V, 32) for i in (1, 2)} if hi_res else None
+    shrunk_low = {i: 0.1 * x for i, x in low.items()}
+    shrunk_high = None if high is None else {i: 0.1 * x for i, x in high.items()}
+    for normed in (True, False):
+        adapter = tiny_model(pattern=[[2, 1], [1, 2]], hi_res=hi_res, adapter_input_norm=normed).adapter
+        with torch.no_grad():
+            z, z_shrunk = adapter(low, high), adapter(shrunk_low, shrunk_high)
+        same = all(torch.allclose(a, b, atol=1e-4) for j in z for a, b in zip(z[j], z_shrunk[j]))
+        assert same == normed

@@ -93,6 +93,28 @@ def test_a_variant_preset_builds_the_model_with_the_variant_pairs_hi_res_and_see
     assert preset.sparsecut_config().pattern == load_preset("tiny").sparsecut["pattern"]  # the preset is untouched
 
 
+
+def test_the_default_sweep_trains_seven_different_models_whose_features_fit_the_cache():
+    """Over the sweep preset's depths every pattern of the paper's Table 3 is its own set of pairs (with as many
+    LLM layers as ViT layers, dense-uniform would be dense-bottom), and all twelve layers of every image at
+    every view fit the sweep's feature cache."""
+    from sparsecut_cli.sweep import ALL_PATTERNS
+
+    from sparsecut_core.data.shapes import shapes_split_size
+    from sparsecut_core.sweep.runner import FEATURE_DTYPE, MAX_CACHE_BYTES
+
+    preset = load_preset("sweep-dinov2")
+    variants = plan_for_preset(preset, parse_patterns(ALL_PATTERNS), [False, True], [None], [0])
+    assert len({v.pairs for v in variants if not v.hi_res}) == 7
+    config = preset.sparsecut_config()
+    layers = {i for v in variants for i in v.vit_layers}
+    # the finetuning images (pretraining's are among them) and the test split's
+    images = int(preset.train["finetune"]["data"].rsplit(":", 1)[1]) + shapes_split_size("test")
+    width = config.vision_config.hidden_size
+    per_image = len(layers) * config.num_image_tokens * width * FEATURE_DTYPE.itemsize * (1 + 5)  # off + on views
+    assert images * per_image < MAX_CACHE_BYTES
+
+
 # --- the table (sweep/table.py) ---
 
 

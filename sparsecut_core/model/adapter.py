@@ -91,9 +91,10 @@ class Adapter(nn.Module):
     def __init__(self, config: SparseCutConfig):
         super().__init__()
         vision = config.vision_config
+        eps = getattr(vision, "layer_norm_eps", 1e-5)
+        self.input_norm = nn.LayerNorm(vision.hidden_size, eps=eps) if config.adapter_input_norm else None
         if config.adapter == "xattn":
             heads = config.adapter_num_heads or vision.num_attention_heads
-            eps = getattr(vision, "layer_norm_eps", 1e-5)
             self.block = FusionBlock(vision.hidden_size, heads, eps, config.adapter_ffn)
         else:
             self.block = None
@@ -102,6 +103,9 @@ class Adapter(nn.Module):
         )
 
     def forward(self, low: torch.Tensor, high: torch.Tensor | None = None) -> torch.Tensor:
+        if self.input_norm is not None:
+            low = self.input_norm(low)
+            high = None if high is None else self.input_norm(high)
         if self.block is not None:
             low = self.block(low, high)
         return self.projector(low)

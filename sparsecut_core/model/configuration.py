@@ -40,6 +40,9 @@ class SparseCutConfig(PreTrainedConfig):
     adapter_sharing: `shared` (one adapter for all shortcuts) or `per-shortcut`.
     adapter_ffn: add a ViT-width feed-forward inside the block (off in the paper).
     adapter_num_heads: attention heads of the block (default: the ViT's).
+    adapter_input_norm: layer-normalise each source layer's features (learned scale and shift, per ViT
+        channel) before the adapter. Off in the paper and in LLaVA; it puts shallow and deep layers of a
+        tower whose feature scales differ tenfold (DINOv2 with layer scale) on one footing.
     vision_feature_select: `patch` drops the CLS (and register) tokens (LLaVA's default), `full` keeps them.
     image_size: the side of each view in pixels (default: the tower's `vision_config.image_size`); a tower that
         interpolates its position embeddings (DINOv2) can work at another size than it was pretrained at.
@@ -62,6 +65,7 @@ class SparseCutConfig(PreTrainedConfig):
     adapter_sharing: Literal["shared", "per-shortcut"] = "shared"
     adapter_ffn: bool = False
     adapter_num_heads: int | None = None
+    adapter_input_norm: bool = False
     projector_hidden_act: str = "gelu"
     projector_bias: bool = True
     vision_feature_select: Literal["patch", "full"] = "patch"

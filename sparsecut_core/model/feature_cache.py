@@ -11,6 +11,9 @@ only while no tower parameter trains.
 One cache can serve several models that share a frozen tower (a sweep's variants):
 it then computes the union of their source layers (`layers`) at every tower pass
 and refuses a model whose tower weights differ from the first one it served.
+Such a cache can keep its features in a narrower dtype (`dtype`, e.g. float16: half
+the memory of float32); every feature it hands out, new or kept, is then rounded
+to that dtype, so a model sees the same numbers at its first epoch and its last.
 """
 
 from __future__ import annotations
@@ -47,11 +50,14 @@ def tower_digest(tower: torch.nn.Module) -> bytes:
 class VisionFeatureCache:
     """Source-layer hidden states of the images seen so far, up to `max_bytes` (new images beyond it are
     computed as usual and not kept). `layers` are computed at every tower pass besides the ones asked for:
-    the union of the layers of every model this cache serves."""
+    the union of the layers of every model this cache serves. `dtype`: the features are kept (and handed
+    out, cast back to the tower's dtype) rounded to it; None keeps them as computed."""
 
-    def __init__(self, max_bytes: int = 4 << 30, layers: Sequence[int] = ()):
+    def __init__(self, max_bytes: int = 4 << 30, layers: Sequence[int] = (), dtype: torch.dtype | None = None):
         self.max_bytes = max_bytes
         self.layers = tuple(sorted(set(layers)))
+        self.dtype = dtype
+        self.computed_dtype: torch.dtype | None = None  # the tower's output dtype, from its first pass
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -102,8 +108,9 @@ class VisionFeatureCache:
             tick = time.perf_counter()
             computed = tower(pixels[rows], sorted(set(wanted) | set(self.layers)))
             self.seconds += time.perf_counter() - tick
+            self.computed_dtype = next(iter(computed.values())).dtype
             for n, key in enumerate(unseen):
-                fresh[key] = {layer: h[n].clone() for layer, h in computed.items()}
+                fresh[key] = {layer: self._kept(layer, h[n]) for layer, h in computed.items()}
         self.misses += len(unseen)
         self.hits += len(keys) - len(unseen)
         for key, feats in fresh.items():
@@ -115,15 +122,29 @@ class VisionFeatureCache:
                 self._store[key] = feats
                 self.bytes += size
         by_key = {**self._store, **fresh}
-        return {layer: torch.stack([by_key[key][layer] for key in keys]) for layer in wanted}
+        out = {layer: torch.stack([by_key[key][layer] for key in keys]) for layer in wanted}
+        if self.dtype is not None:
+            out = {layer: h.to(self.computed_dtype) for layer, h in out.items()}
+        return out
+
+    def _kept(self, layer: int, features: torch.Tensor) -> torch.Tensor:
+        """One image's features of one layer as the cache keeps them (a copy, in `dtype` when set)."""
+        if self.dtype is None:
+            return features.clone()
+        kept = features.to(self.dtype, copy=True)
+        if not torch.isfinite(kept).all():
+            raise ValueError(f"vision layer {layer}'s features overflow the feature cache's {self.dtype} "
+                             f"(largest magnitude {features.abs().max().item():.4g}): keep them in float32")
+        return kept
 
 
 class SharedFeatureCaches:
     """A VisionFeatureCache per distinct frozen tower, for runs that build their models one after another
-    (a sweep): runs over the same tower weights share one; `max_bytes` bounds them all together."""
+    (a sweep): runs over the same tower weights share one; `max_bytes` bounds them all together, and each
+    keeps its features in `dtype` (VisionFeatureCache)."""
 
-    def __init__(self, max_bytes: int = 4 << 30, layers: Sequence[int] = ()):
-        self.max_bytes, self.layers = max_bytes, tuple(layers)
+    def __init__(self, max_bytes: int = 4 << 30, layers: Sequence[int] = (), dtype: torch.dtype | None = None):
+        self.max_bytes, self.layers, self.dtype = max_bytes, tuple(layers), dtype
         self.caches: dict[bytes, VisionFeatureCache] = {}
         self._tally: set[bytes] | None = None
 
@@ -132,7 +153,7 @@ class SharedFeatureCaches:
         digest = tower_digest(model.vision_tower)
         if digest not in self.caches:
             used = sum(c.bytes for c in self.caches.values())
-            cache = self.caches[digest] = VisionFeatureCache(max(0, self.max_bytes - used), self.layers)
+            cache = self.caches[digest] = VisionFeatureCache(max(0, self.max_bytes - used), self.layers, self.dtype)
             cache.tally = self._tally
         self.caches[digest].attach(model)
 

@@ -13,7 +13,10 @@ fails is recorded with its error and the others go on; the next run tries it aga
 
 Variants of one preset share the frozen tower's features (feature_cache.SharedFeatureCaches):
 each image passes the tower once per sweep process, for the union of the layers of every
-variant, not once per variant. Each variant records what that saved it.
+variant, not once per variant. Each variant records what that saved it. The features are kept
+in float16 (FEATURE_DTYPE): the seven patterns read all twelve layers of a ViT-S at five views
+per hi-res image, 6 GB for 2,000 images in float16 against 12 GB in float32, and every variant
+trains and is scored on the same rounded features.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 from ..evaluation.runner import EvalSettings, evaluate
 from ..files import write_json_atomic, write_text_atomic
@@ -39,6 +44,8 @@ from .report import loss_summary, sweep_markdown
 SWEEP_FILE = "sweep.json"
 TABLE_FILE = "sweep.md"
 DONE_FILE = "variant.json"
+FEATURE_DTYPE = torch.float16  # how the shared cache keeps the frozen tower's features
+MAX_CACHE_BYTES = 8 << 30  # the shared cache's bound; images beyond it pass the tower at every use
 
 
 @dataclass(frozen=True)
@@ -208,7 +215,7 @@ def run_sweep(
     cpu: bool = False,
     cache_dir: str | Path | None = None,
     progress: SweepProgress | None = None,
-    max_cache_bytes: int = 8 << 30,
+    max_cache_bytes: int = MAX_CACHE_BYTES,
 ) -> SweepReport:
     """Every variant of the spec, the finished ones reused; sweep.json/sweep.md rewritten after each."""
     progress = progress or SweepProgress()
@@ -217,7 +224,8 @@ def run_sweep(
     groups = [asdict(g) for g in feature_groups(variants)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    caches = SharedFeatureCaches(max_cache_bytes, layers=sorted({i for v in variants for i in v.vit_layers}))
+    caches = SharedFeatureCaches(max_cache_bytes, layers=sorted({i for v in variants for i in v.vit_layers}),
+                                 dtype=FEATURE_DTYPE)
     results: list[VariantResult] = []
     ran: list[str] = []
     for index, variant in enumerate(variants):
