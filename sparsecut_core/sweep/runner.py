@@ -61,7 +61,7 @@ class SweepSpec:
     data: str | None = None  # the benchmark's data (evaluation.runner.evaluate); shapes needs none
     limit: int | None = None  # questions per evaluation (None: all)
     max_new_tokens: int = 8
-    eval_batch_size: int = 8
+    eval_batch_size: int = 32
 
 
 @dataclass
