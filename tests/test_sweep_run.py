@@ -69,6 +69,20 @@ def test_a_rerun_reuses_finished_variants_and_a_longer_list_runs_only_the_new_on
     assert [v["status"] for v in load_sweep(tmp_path)["variants"]] == ["done"] * 3
 
 
+def test_a_further_seed_joins_the_table_of_the_seeds_finished_before(tmp_path):
+    llava = dataclasses.replace(SPEC, patterns=("llava",))
+    run_sweep(small_tiny(), llava, tmp_path, cpu=True)
+    report = run_sweep(small_tiny(), dataclasses.replace(llava, seeds=(1,)), tmp_path, cpu=True)
+    assert report.ran == ["llava-hires-off-seed1"]
+    names = [v["name"] for v in load_sweep(tmp_path)["variants"]]
+    assert names == ["llava-hires-off-seed1", "llava-hires-off-seed0"]
+    assert "| llava |  | off | 2 |" in (tmp_path / "sweep.md").read_text()
+    # variants scored another way are no part of this table
+    other = dataclasses.replace(llava, seeds=(2,), max_new_tokens=4)
+    run_sweep(small_tiny(), other, tmp_path, cpu=True)
+    assert [v["name"] for v in load_sweep(tmp_path)["variants"]] == ["llava-hires-off-seed2"]
+
+
 class _FailOnce(SweepProgress):
     """Raises at finetuning step 3 of the first variant (its checkpoint-2 saved), once."""
 

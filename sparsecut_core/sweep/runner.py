@@ -9,7 +9,9 @@ the image ablation; `sweep.json` and `sweep.md` are rewritten after each one.
 
 A rerun skips the finished variants, resumes a stage from its newest checkpoint and reuses the
 answers already given; a longer list of patterns or seeds only runs what is new. A variant that
-fails is recorded with its error and the others go on; the next run tries it again.
+fails is recorded with its error and the others go on; the next run tries it again. Variants an
+earlier call finished in the same folder and scored the same way (preset, benchmark, questions,
+tokens) stay in sweep.json and the table: `--seeds 2` after `--seeds 0,1` gives a table over three seeds.
 
 Variants of one preset share the frozen tower's features (feature_cache.SharedFeatureCaches):
 each image passes the tower once per sweep process, for the union of the layers of every
@@ -123,6 +125,24 @@ def _finished(folder: Path, settings: dict[str, Any]) -> VariantResult | None:
     return VariantResult(**saved)
 
 
+EVAL_KEYS = ("preset", "benchmark", "data", "limit", "max_new_tokens")  # settings that make two scores comparable
+
+
+def earlier_results(out: Path, settings: dict[str, Any], exclude: set[str]) -> list[VariantResult]:
+    """Finished variants in the sweep folder, other than those named, scored as these settings score."""
+    found = []
+    for done in sorted(out.glob(f"*/{DONE_FILE}")):
+        if done.parent.name in exclude:
+            continue
+        try:
+            result = VariantResult(**json.loads(done.read_text()))
+        except (json.JSONDecodeError, TypeError) as why:
+            raise ValueError(f"{done}: not a sweep variant's done marker ({why})") from None
+        if result.status == "done" and all(result.settings.get(k) == settings[k] for k in EVAL_KEYS):
+            found.append(result)
+    return found
+
+
 def _feature_use(caches: SharedFeatureCaches, before: tuple[int, int, float]) -> dict[str, Any]:
     misses, hits, seconds = caches.misses - before[0], caches.hits - before[1], caches.seconds - before[2]
     per_image = caches.seconds / caches.misses if caches.misses else 0.0
@@ -186,7 +206,7 @@ def run_variant(
 @dataclass
 class SweepReport:
     out: Path
-    results: list[VariantResult]
+    results: list[VariantResult]  # the plan's variants (sweep.json also keeps those earlier calls finished)
     ran: list[str]  # variants that ran (or resumed) in this call; the others were finished before
     groups: list[dict[str, Any]]  # feature groups of the plan (plan.feature_groups)
 
@@ -228,6 +248,8 @@ def run_sweep(
                                  dtype=FEATURE_DTYPE)
     results: list[VariantResult] = []
     ran: list[str] = []
+    earlier = (earlier_results(out, _jsonable(variant_settings(preset, spec, variants[0])), {v.name for v in variants})
+               if variants else [])
     for index, variant in enumerate(variants):
         folder = out / variant.name
         settings = variant_settings(preset, spec, variant)
@@ -244,15 +266,15 @@ def run_sweep(
                 on_step=progress.step,
             )
         except TrainingInterrupted:  # Ctrl-C: the stage saved a checkpoint; the whole sweep stops
-            write_sweep(out, spec, results, groups)
+            write_sweep(out, spec, results + earlier, groups)
             raise
         except Exception as error:  # one variant's failure is reported; the others still run
             result = VariantResult(name=variant.name, status="failed", settings=_jsonable(settings),
                                    error=f"{type(error).__name__}: {error}")
         results.append(result)
         progress.variant_finished(result, reused=False)
-        write_sweep(out, spec, results, groups)
-    write_sweep(out, spec, results, groups)
+        write_sweep(out, spec, results + earlier, groups)
+    write_sweep(out, spec, results + earlier, groups)
     return SweepReport(out, results, ran, groups)
 
 
