@@ -7,7 +7,7 @@ import pytest
 from sparsecut_core.model.patterns import PATTERN_NAMES, build_pattern, random_pattern
 from sparsecut_core.presets.preset import load_preset
 from sparsecut_core.sweep.plan import feature_groups, parse_patterns, plan_for_preset, plan_sweep, variant_preset
-from sparsecut_core.sweep.table import VariantScores, markdown_table, summarise
+from sparsecut_core.sweep.table import VariantScores, grounding_note, markdown_table, summarise
 
 L_V, L_T = 12, 8  # tiny-dinov2's depths
 
@@ -118,9 +118,10 @@ def test_the_default_sweep_trains_seven_different_models_whose_features_fit_the_
 # --- the table (sweep/table.py) ---
 
 
-def _scores(pattern, seed, true, deranged, hi_res=False, n=None, colour=None):
+def _scores(pattern, seed, true, deranged, hi_res=False, n=None, colour=None, questions=None):
     kinds = {"accuracy/colour": true if colour is None else colour, "accuracy/count": true}
-    return VariantScores(pattern, hi_res, n, seed, {"accuracy": true, **kinds}, {"accuracy": deranged})
+    counted = {} if questions is None else {"n": questions}
+    return VariantScores(pattern, hi_res, n, seed, {"accuracy": true, **kinds, **counted}, {"accuracy": deranged})
 
 
 def test_rows_pool_seeds_with_their_spread_and_the_difference_to_llava_at_the_same_hi_res():
@@ -147,3 +148,18 @@ def test_markdown_table_shows_spread_gap_and_kinds():
     assert lines[0].split(" | ")[-2:] == ["colour", "count |"]
     assert "| llava |  | off | 2 | 32.0 ± 2.8 | 21.0 ± 1.4 | +11.0 | +0.0 | 26.0 ± 1.4 | 32.0 ± 2.8 |" in lines
     assert "| sparse-top | 2 | off | 1 | 20.0 | 20.0 | +0.0 | -12.0 | 20.0 | 20.0 |" in lines
+
+
+def test_settings_whose_true_images_do_not_beat_deranged_ones_beyond_two_standard_errors_are_named():
+    # 500 questions at 20%: two standard errors are 3.6 points
+    rows = summarise([
+        _scores("llava", 0, 30.0, 20.0, questions=500),
+        _scores("sparse-top", 0, 23.0, 20.0, n=2, questions=500),
+    ])
+    assert round(rows[1].noise, 2) == 3.58
+    assert rows[0].reads_image and not rows[1].reads_image
+    note = grounding_note(rows)
+    assert note.startswith("1 of 2 settings (sparse-top n=2 hi-res off) does not beat its deranged images") and "3.6 points" in note
+    assert grounding_note(rows[:1]) is None
+    assert grounding_note(rows[1:]).startswith("No setting beats")
+    assert summarise([_scores("llava", 0, 30.0, 20.0)])[0].reads_image is None  # no question count: no verdict

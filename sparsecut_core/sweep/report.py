@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .table import VariantScores, markdown_table, summarise
+from .table import VariantScores, grounding_note, markdown_table, summarise
 
 CURVE_POINTS = 50
 
@@ -55,7 +55,10 @@ def sweep_markdown(data: dict[str, Any]) -> str:
         "",
     ]
     if scores:
-        lines.append(markdown_table(summarise(scores)))
+        rows = summarise(scores)
+        lines.append(markdown_table(rows))
+        if (note := grounding_note(rows)) is not None:
+            lines += [note, ""]
     features = data.get("features", {})
     if features.get("tower_s"):
         lines.append(f"Frozen-tower features: {features['tower_s']:.1f} s of tower passes; sharing them between "

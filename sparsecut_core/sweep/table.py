@@ -9,6 +9,7 @@ spread beside every mean.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +52,21 @@ class Row:
     deranged: Spread
     kinds: dict[str, Spread]
     vs_baseline: float | None  # mean overall minus llava's at the same hi-res; None without a llava row
+    questions: int | None = None  # questions each variant was scored on
+
+    @property
+    def noise(self) -> float | None:
+        """Two binomial standard errors (points) of an accuracy at the deranged score over these questions."""
+        if not self.questions:
+            return None
+        p = min(max(self.deranged.mean / 100, 0.0), 1.0)
+        return 200 * math.sqrt(p * (1 - p) / self.questions)
+
+    @property
+    def reads_image(self) -> bool | None:
+        """Whether the true images beat the deranged ones by more than the noise (None: question count unknown)."""
+        noise = self.noise
+        return None if noise is None else self.true.mean - self.deranged.mean > noise
 
 
 def _kinds(scores: Sequence[VariantScores]) -> list[str]:
@@ -77,6 +93,7 @@ def summarise(scores: Sequence[VariantScores]) -> list[Row]:
             kinds={k: Spread.of([s.true[f"accuracy/{k}"] for s in members if f"accuracy/{k}" in s.true])
                    for k in kinds if any(f"accuracy/{k}" in s.true for s in members)},
             vs_baseline=true.mean - baseline[hi_res] if hi_res in baseline else None,
+            questions=min((int(s.true["n"]) for s in members if "n" in s.true), default=None),
         ))
     return rows
 
@@ -96,3 +113,28 @@ def markdown_table(rows: Sequence[Row]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def grounding_note(rows: Sequence[Row]) -> str | None:
+    """One sentence on the settings whose true images do not beat the deranged ones beyond the noise: they
+    answer from the question alone, so their differences are no ordering of the shortcut patterns."""
+    judged = [r for r in rows if r.reads_image is not None]
+    blind = [r for r in judged if not r.reads_image]
+    if not blind:
+        return None
+    noise = max(r.noise for r in blind)
+    margin = f"by more than two standard errors (up to {noise:.1f} points here)"
+    if len(blind) == len(judged):
+        return (f"No setting beats its deranged images {margin}: every one answers from the question alone, "
+                "and their differences say nothing about the shortcuts.")
+    one = len(blind) == 1
+    return (f"{len(blind)} of {len(judged)} settings ({', '.join(_label(r) for r in blind)}) "
+            f"{'does' if one else 'do'} not beat {'its' if one else 'their'} deranged images {margin}: "
+            f"{'it answers' if one else 'they answer'} from the question alone, and "
+            f"{'its difference to the others says' if one else 'their differences to the others say'} nothing "
+            "about the shortcuts.")
+
+
+def _label(row: Row) -> str:
+    n = "" if row.num_shortcuts is None else f" n={row.num_shortcuts}"
+    return f"{row.pattern}{n} hi-res {'on' if row.hi_res else 'off'}"
