@@ -81,6 +81,11 @@ def test_a_further_seed_joins_the_table_of_the_seeds_finished_before(tmp_path):
     other = dataclasses.replace(llava, seeds=(2,), max_new_tokens=4)
     run_sweep(small_tiny(), other, tmp_path, cpu=True)
     assert [v["name"] for v in load_sweep(tmp_path)["variants"]] == ["llava-hires-off-seed2"]
+    # nor are variants trained by the preset before it changed
+    edited = small_tiny()
+    edited = dataclasses.replace(edited, train={s: {**c, "learning_rate": 5e-4} for s, c in edited.train.items()})
+    run_sweep(edited, dataclasses.replace(llava, seeds=(3,)), tmp_path, cpu=True)
+    assert [v["name"] for v in load_sweep(tmp_path)["variants"]] == ["llava-hires-off-seed3"]
 
 
 class _FailOnce(SweepProgress):

@@ -10,8 +10,8 @@ the image ablation; `sweep.json` and `sweep.md` are rewritten after each one.
 A rerun skips the finished variants, resumes a stage from its newest checkpoint and reuses the
 answers already given; a longer list of patterns or seeds only runs what is new. A variant that
 fails is recorded with its error and the others go on; the next run tries it again. Variants an
-earlier call finished in the same folder and scored the same way (preset, benchmark, questions,
-tokens) stay in sweep.json and the table: `--seeds 2` after `--seeds 0,1` gives a table over three seeds.
+earlier call finished in the same folder, trained and scored the same way (the preset unchanged,
+the same benchmark and questions) stay in sweep.json and the table: `--seeds 2` after `--seeds 0,1` gives a table over three seeds.
 
 Variants of one preset share the frozen tower's features (feature_cache.SharedFeatureCaches):
 each image passes the tower once per sweep process, for the union of the layers of every
@@ -128,17 +128,28 @@ def _finished(folder: Path, settings: dict[str, Any]) -> VariantResult | None:
 EVAL_KEYS = ("preset", "benchmark", "data", "limit", "max_new_tokens")  # settings that make two scores comparable
 
 
+def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    """What two variants of one table share: how they are scored, and how they train but for the settings a
+    variant sets (pattern, hi-res, seed)."""
+    return {**{k: settings.get(k) for k in EVAL_KEYS},
+            "train": {stage: {k: v for k, v in cfg.items() if k != "seed"} for stage, cfg in settings["train"].items()},
+            "sparsecut": {k: v for k, v in settings["sparsecut"].items() if k not in ("pattern", "hi_res")}}
+
+
 def earlier_results(out: Path, settings: dict[str, Any], exclude: set[str]) -> list[VariantResult]:
-    """Finished variants in the sweep folder, other than those named, scored as these settings score."""
+    """Finished variants in the sweep folder, other than those named, trained and scored as these settings
+    are (the preset unchanged, the same benchmark and questions)."""
+    wanted = _comparable(settings)
     found = []
     for done in sorted(out.glob(f"*/{DONE_FILE}")):
         if done.parent.name in exclude:
             continue
         try:
             result = VariantResult(**json.loads(done.read_text()))
-        except (json.JSONDecodeError, TypeError) as why:
+            same = result.status == "done" and _comparable(result.settings) == wanted
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as why:
             raise ValueError(f"{done}: not a sweep variant's done marker ({why})") from None
-        if result.status == "done" and all(result.settings.get(k) == settings[k] for k in EVAL_KEYS):
+        if same:
             found.append(result)
     return found
 
