@@ -11,7 +11,8 @@ A rerun skips the finished variants, resumes a stage from its newest checkpoint 
 answers already given; a longer list of patterns or seeds only runs what is new. A variant that
 fails is recorded with its error and the others go on; the next run tries it again. Variants an
 earlier call finished in the same folder, trained and scored the same way (the preset unchanged,
-the same benchmark and questions) stay in sweep.json and the table: `--seeds 2` after `--seeds 0,1` gives a table over three seeds.
+the same benchmark and questions) stay in sweep.json and the table: `--seeds 2` after
+`--seeds 0,1` gives a table over three seeds.
 
 Variants of one preset share the frozen tower's features (feature_cache.SharedFeatureCaches):
 each image passes the tower once per sweep process, for the union of the layers of every
@@ -113,16 +114,24 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def _read_done(done: Path) -> VariantResult:
+    """A variant's done marker; raises ValueError naming the file when it is not one."""
+    try:
+        return VariantResult(**json.loads(done.read_text()))
+    except (json.JSONDecodeError, TypeError) as why:
+        raise ValueError(f"{done}: not a sweep variant's done marker ({why})") from None
+
+
 def _finished(folder: Path, settings: dict[str, Any]) -> VariantResult | None:
     """The variant's result if its folder holds a finished run of these settings; raises if of others."""
     done = folder / DONE_FILE
     if not done.is_file():
         return None
-    saved = json.loads(done.read_text())
-    if saved.get("settings") != _jsonable(settings):
+    result = _read_done(done)
+    if result.settings != _jsonable(settings):
         raise ValueError(f"{folder} holds a finished run of other settings (the preset changed?): "
                          f"remove it or sweep into another folder")
-    return VariantResult(**saved)
+    return result
 
 
 EVAL_KEYS = ("preset", "benchmark", "data", "limit", "max_new_tokens")  # settings that make two scores comparable
@@ -144,10 +153,10 @@ def earlier_results(out: Path, settings: dict[str, Any], exclude: set[str]) -> l
     for done in sorted(out.glob(f"*/{DONE_FILE}")):
         if done.parent.name in exclude:
             continue
+        result = _read_done(done)
         try:
-            result = VariantResult(**json.loads(done.read_text()))
             same = result.status == "done" and _comparable(result.settings) == wanted
-        except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as why:
+        except (KeyError, AttributeError) as why:
             raise ValueError(f"{done}: not a sweep variant's done marker ({why})") from None
         if same:
             found.append(result)
