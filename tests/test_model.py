@@ -246,3 +246,13 @@ def test_adapter_input_norm_makes_the_adapter_blind_to_each_layers_feature_scale
             z, z_shrunk = adapter(low, high), adapter(shrunk_low, shrunk_high)
         same = all(torch.allclose(a, b, atol=1e-4) for j in z for a, b in zip(z[j], z_shrunk[j]))
         assert same == normed
+
+
+def test_fusion_block_starts_as_the_identity():
+    """SPEC's adapter block adds cross-attention on a residual; a fresh model starts with that attention off, so
+    each Z_i is the projector of the low-res features alone (the attention's output projection is zero)."""
+    model = tiny_model(hi_res=True)
+    adapter = model.adapter.adapters[0]
+    assert not adapter.block.attn.o_proj.weight.any() and not adapter.block.attn.o_proj.bias.any()
+    low, high = torch.randn(2, M_V, 32), torch.randn(2, 4 * M_V, 32)
+    assert torch.equal(adapter(low, high), adapter.projector(low))

@@ -40,6 +40,7 @@ class CrossAttention(nn.Module):
         self.k_proj = nn.Linear(width, width)
         self.v_proj = nn.Linear(width, width)
         self.o_proj = nn.Linear(width, width)
+        self.o_proj.zero_init = True  # read by the model's _init_weights
 
     def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         # query [N, M, D], context [N, K, D] -> [N, M, D]

@@ -24,7 +24,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .adapter import CrossAttention, ShortcutAdapters
+from .adapter import ShortcutAdapters
 from .configuration import SparseCutConfig, vision_prefix_tokens
 from .fingerprint import write_weights_id
 from .freezing import set_trainable
@@ -48,17 +48,21 @@ class SparseCutPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # only the adapter's own modules reach here: the vision tower and the LLM init themselves.
         # Z lands in the LLM's residual stream, so the adapter starts at the LLM's own scale.
-        if isinstance(module, nn.Linear):
+        # The fusion block's output projection starts at zero, so the block starts as the identity on the
+        # low-res stream. It is zeroed here, when its Linear is visited: transformers initialises children
+        # before parents and then guards every initialised tensor, so zeroing it from the CrossAttention
+        # (visited after) was silently skipped.
+        if isinstance(module, nn.Linear) and getattr(module, "zero_init", False):
+            nn.init.zeros_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=getattr(self.config.text_config, "initializer_range", 0.02))
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-        if isinstance(module, CrossAttention):
-            # zero output projection: the fusion block starts as the identity on the low-res stream
-            nn.init.zeros_(module.o_proj.weight)
-            nn.init.zeros_(module.o_proj.bias)
 
 
 class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixin):
