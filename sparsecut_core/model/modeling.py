@@ -48,16 +48,14 @@ class SparseCutPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # only the adapter's own modules reach here: the vision tower and the LLM init themselves.
         # Z lands in the LLM's residual stream, so the adapter starts at the LLM's own scale.
-        # The fusion block's output projection starts at zero, so the block starts as the identity on the
-        # low-res stream. It is zeroed here, when its Linear is visited: transformers initialises children
-        # before parents and then guards every initialised tensor, so zeroing it from the CrossAttention
-        # (visited after) was silently skipped.
-        if isinstance(module, nn.Linear) and getattr(module, "zero_init", False):
-            nn.init.zeros_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=getattr(self.config.text_config, "initializer_range", 0.02))
+        if isinstance(module, nn.Linear):
+            # `zero_init` (the fusion block's output projection: the block starts as the identity) is read
+            # here, when the Linear itself is visited: transformers initialises children before parents and
+            # guards every tensor it has initialised, so zeroing it from the parent would be skipped.
+            if getattr(module, "zero_init", False):
+                nn.init.zeros_(module.weight)
+            else:
+                nn.init.normal_(module.weight, std=getattr(self.config.text_config, "initializer_range", 0.02))
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
