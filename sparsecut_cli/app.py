@@ -14,7 +14,7 @@ from rich.table import Table
 from sparsecut_cli.chat import chat
 from sparsecut_cli.evaluate import eval_app
 from sparsecut_cli.flops import flops
-from sparsecut_cli.output import console, err_console, gguf_cache_dir
+from sparsecut_cli.output import console, err_console, conversion_cache_dir
 from sparsecut_cli.serve import serve
 from sparsecut_cli.sweep import sweep_app
 from sparsecut_cli.train import finetune, pretrain
@@ -85,7 +85,7 @@ def build(
     from sparsecut_core.presets.preset import load_preset
 
     loaded = load_preset(preset)
-    model, processor = build_from_preset(loaded, vision=vision, llm=llm, seed=seed, cache_dir=gguf_cache_dir())
+    model, processor = build_from_preset(loaded, vision=vision, llm=llm, seed=seed, cache_dir=conversion_cache_dir())
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)

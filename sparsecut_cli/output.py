@@ -11,11 +11,11 @@ console = Console(emoji=False)  # ":train:" in "shapes:train:256" is not an emoj
 err_console = Console(stderr=True, emoji=False)
 
 
-def gguf_cache_dir() -> Path:
-    """Where converted GGUF checkpoints are cached ($XDG_CACHE_HOME/sparsecut/gguf or ~/.cache/...)."""
+def conversion_cache_dir() -> Path:
+    """Where converted GGUF and ONNX sources are cached ($XDG_CACHE_HOME/sparsecut or ~/.cache/sparsecut)."""
     import os
 
-    from sparsecut_core.sources.gguf import default_cache_dir
+    from sparsecut_core.sources.cache import default_cache_dir
 
     return default_cache_dir(os.environ, Path.home())
 
@@ -35,7 +35,7 @@ def load_model(model: Optional[Path], preset: Optional[str], seed: int, *, devic
     from sparsecut_core.presets.preset import load_preset
     from sparsecut_core.inference.quantization import load_quantized, place, resolve_device
 
-    built, processor = build_from_preset(load_preset(preset or "tiny"), seed=seed, cache_dir=gguf_cache_dir())
+    built, processor = build_from_preset(load_preset(preset or "tiny"), seed=seed, cache_dir=conversion_cache_dir())
     if quantize is not None:
         return load_quantized(built, quantize, resolve_device(device or "auto")), processor
     if device is not None:

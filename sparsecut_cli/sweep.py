@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sparsecut_cli.evaluate import DefaultCommandGroup
-from sparsecut_cli.output import console, err_console, gguf_cache_dir
+from sparsecut_cli.output import console, err_console, conversion_cache_dir
 
 # The paper's Table 3 (LLaVA, D+B, D+U, S+B, S+T, S+RU, S+U) and the quick subset: baseline, U-shape, aligned.
 ALL_PATTERNS = "llava,sparse-uniform,sparse-reverse-uniform,sparse-bottom,sparse-top,dense-uniform,dense-bottom"
@@ -134,7 +134,7 @@ def run(
     started = time.perf_counter()
     try:
         with Progress(*columns, console=console, transient=True) as bar:
-            report = run_sweep(loaded, spec, out, cpu=cpu, cache_dir=gguf_cache_dir(), progress=_Progress(bar))
+            report = run_sweep(loaded, spec, out, cpu=cpu, cache_dir=conversion_cache_dir(), progress=_Progress(bar))
     except TrainingInterrupted as stop:
         err_console.print(f"[yellow]{stop}; rerun the same command to go on[/]")
         raise typer.Exit(130)

