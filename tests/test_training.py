@@ -226,6 +226,24 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_the_previous_one_resumes(
     assert sorted(os.listdir(folder)) == ["checkpoint-4", "checkpoint-6"]
 
 
+def test_disk_full_while_saving_the_trained_model_is_one_line_and_resume_writes_it(tmp_path, small_disk):
+    from sparsecut_core.training.checkpoints import CheckpointDiskFull
+
+    run = tmp_path / "run"
+    small_disk(run, "2m")  # room for the two ~424 KiB checkpoints, not for the ~3.2 MB model
+    with pytest.raises(CheckpointDiskFull) as stop:
+        _run(run)
+    message = str(stop.value)
+    assert "\n" not in message and f"no space left on the disk of {run} for the trained model" in message
+    assert "the partial model.tmp was removed and checkpoint-4 is intact: free some space, then --resume" in message
+    assert not (run / "model.tmp").exists() and not (run / "model").exists()
+    before = _losses(run)
+    small_disk(run, "16m", remount=True)  # the user frees some space
+    model, final = _run(run, resume=True)  # training was done: no step again, the model is written
+    assert _losses(run) == before and _steps(run) == [1, 2, 3, 4]
+    assert (final / "config.json").is_file() and (final / "processor_config.json").is_file()
+
+
 def _cli_pretrain(out, launcher):
     args = ["pretrain", "--preset", "tiny", "--data", "shapes:train:32", "--output", str(out), "--cpu",
             "--batch-size", "4", "--global-batch", "8", "--max-steps", "3", "--save-every", "10"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from ..files import write_json_atomic
 
@@ -38,8 +39,33 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+# What a write that runs out of space raises: OSError from Python, RuntimeError from torch.save
+# (inline_container), SafetensorError ("No space left on device (os error 28)") from safetensors.
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+
+
 class CheckpointDiskFull(OSError):
-    """No room for a checkpoint: the partial one is removed, the previous ones are intact."""
+    """No room for a checkpoint or the trained model: the partial folder is removed, what was saved before is intact."""
+
+
+def raise_if_disk_full(
+    err: BaseException, root: Path, what: str, partial: Path, expected_bytes: int, checkpoints: Path
+) -> None:
+    """Raise CheckpointDiskFull (one line, naming the newest checkpoint in `checkpoints`) if a write of
+    `what` under `root` that failed with `err` failed for want of space; `partial` is already removed.
+
+    A full disk is an ENOSPC/EDQUOT OSError, or any of WRITE_ERRORS while less than `expected_bytes`
+    (the estimate the message quotes) is free once the partial folder is gone.
+    """
+    free = shutil.disk_usage(root).free
+    if not ((isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or free < expected_bytes):
+        return
+    previous = latest_checkpoint(checkpoints) if checkpoints.is_dir() else None
+    raise CheckpointDiskFull(
+        f"no space left on the disk of {root} for {what}: it needs about {_megabytes(expected_bytes)}, "
+        f"{_megabytes(free)} is free; the partial {partial.name} was removed and "
+        + (f"{previous.name} is intact" if previous else "no earlier checkpoint exists")
+        + ": free some space, then --resume") from err
 
 
 def checkpoint_bytes(params, optimizer) -> int:
@@ -68,16 +94,9 @@ def save_checkpoint(accelerator, root: Path, state: dict[str, Any], expected_byt
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_json_atomic(tmp / STATE_FILE, state)
-    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError (inline_container)
+    except WRITE_ERRORS as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        free = shutil.disk_usage(root).free
-        if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or free < expected_bytes:
-            previous = latest_checkpoint(root)
-            raise CheckpointDiskFull(
-                f"no space left on the disk of {root} for {final.name}: it needs about "
-                f"{_megabytes(expected_bytes)}, {_megabytes(free)} is free; the partial {tmp.name} was removed and "
-                + (f"{previous.name} is intact" if previous else "no earlier checkpoint exists")
-                + ": free some space, then --resume") from err
+        raise_if_disk_full(err, root, final.name, tmp, expected_bytes, checkpoints=root)
         raise
     if accelerator.is_main_process:
         os.replace(tmp, final)

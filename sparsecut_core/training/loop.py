@@ -26,8 +26,8 @@ from ..data.batching import Collator, modality_length_batches
 from ..data.records import BadSample, SkipCounter
 from ..files import write_json_atomic
 from ..model.attention import resolve_attention
-from .checkpoints import (checkpoint_bytes, latest_checkpoint, load_checkpoint, prune_checkpoints,
-                          remove_checkpoint, save_checkpoint)
+from .checkpoints import (WRITE_ERRORS, checkpoint_bytes, latest_checkpoint, load_checkpoint, prune_checkpoints,
+                          raise_if_disk_full, remove_checkpoint, save_checkpoint)
 from .config import TrainConfig
 from .launch import parameters_held
 from .setup import make_accelerator, prepare_model, schedule
@@ -264,7 +264,11 @@ def train(
 
 
 def save_final(accelerator, model, processor, out: Path) -> Path:
-    """The trained model (LoRA merged) and processor in out/model, written to a temp folder then renamed."""
+    """The trained model (LoRA merged) and processor in out/model, written to a temp folder then renamed.
+
+    Without room for it, the partial folder is removed and CheckpointDiskFull names the last checkpoint,
+    from which --resume writes the model again without training.
+    """
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     state = accelerator.get_state_dict(model)  # gathers FSDP / ZeRO-3 shards on the main process
@@ -277,8 +281,16 @@ def save_final(accelerator, model, processor, out: Path) -> Path:
         tmp = out / "model.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        unwrapped.save_pretrained(tmp, state_dict=state)
-        processor.save_pretrained(tmp)
+        # measured before the write: save_pretrained empties the state dict it is given as it writes
+        weights = state if state is not None else unwrapped.state_dict()
+        expected = sum(t.numel() * t.element_size() for t in weights.values())
+        try:
+            unwrapped.save_pretrained(tmp, state_dict=state)
+            processor.save_pretrained(tmp)
+        except WRITE_ERRORS as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise_if_disk_full(err, out, "the trained model", tmp, expected, checkpoints=out / "checkpoints")
+            raise
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
