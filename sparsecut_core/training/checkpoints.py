@@ -48,15 +48,17 @@ class CheckpointDiskFull(OSError):
     """No room for a checkpoint or the trained model: the partial folder is removed, what was saved before is intact."""
 
 
-def raise_if_disk_full(
+def discard_failed_write(
     err: BaseException, root: Path, what: str, partial: Path, expected_bytes: int, checkpoints: Path
 ) -> None:
-    """Raise CheckpointDiskFull (one line, naming the newest checkpoint in `checkpoints`) if a write of
-    `what` under `root` that failed with `err` failed for want of space; `partial` is already removed.
+    """After a write of `what` into the folder `partial` under `root` failed with `err`: remove `partial`,
+    then, if the write failed for want of space, raise CheckpointDiskFull (one line, naming the newest
+    checkpoint in `checkpoints`); otherwise return, for the caller to re-raise `err`.
 
     A full disk is an ENOSPC/EDQUOT OSError, or any of WRITE_ERRORS while less than `expected_bytes`
     (the estimate the message quotes) is free once the partial folder is gone.
     """
+    shutil.rmtree(partial, ignore_errors=True)
     free = shutil.disk_usage(root).free
     if not ((isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or free < expected_bytes):
         return
@@ -95,8 +97,7 @@ def save_checkpoint(accelerator, root: Path, state: dict[str, Any], expected_byt
         if accelerator.is_main_process:
             write_json_atomic(tmp / STATE_FILE, state)
     except WRITE_ERRORS as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise_if_disk_full(err, root, final.name, tmp, expected_bytes, checkpoints=root)
+        discard_failed_write(err, root, final.name, tmp, expected_bytes, checkpoints=root)
         raise
     if accelerator.is_main_process:
         os.replace(tmp, final)

@@ -26,8 +26,8 @@ from ..data.batching import Collator, modality_length_batches
 from ..data.records import BadSample, SkipCounter
 from ..files import write_json_atomic
 from ..model.attention import resolve_attention
-from .checkpoints import (WRITE_ERRORS, checkpoint_bytes, latest_checkpoint, load_checkpoint, prune_checkpoints,
-                          raise_if_disk_full, remove_checkpoint, save_checkpoint)
+from .checkpoints import (WRITE_ERRORS, checkpoint_bytes, discard_failed_write, latest_checkpoint, load_checkpoint,
+                          prune_checkpoints, remove_checkpoint, save_checkpoint)
 from .config import TrainConfig
 from .launch import parameters_held
 from .setup import make_accelerator, prepare_model, schedule
@@ -288,8 +288,7 @@ def save_final(accelerator, model, processor, out: Path) -> Path:
             unwrapped.save_pretrained(tmp, state_dict=state)
             processor.save_pretrained(tmp)
         except WRITE_ERRORS as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise_if_disk_full(err, out, "the trained model", tmp, expected, checkpoints=out / "checkpoints")
+            discard_failed_write(err, out, "the trained model", tmp, expected, checkpoints=out / "checkpoints")
             raise
         if final.exists():
             shutil.rmtree(final)
